@@ -1,0 +1,77 @@
+"""The ``ctlib`` command (also ``python -m ctlib``).
+
+Subcommands are registered in ``COMMANDS``: each is a function ``(subparsers) -> None`` that adds
+its parser and sets ``func`` (called with the parsed namespace, returning the exit status).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from ctlib.data.check import check_dataset
+
+    report = check_dataset(args.dataset, args.root or None, images=not args.no_images,
+                           progress=not args.no_progress and sys.stderr.isatty())
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from ctlib.data import available
+    from ctlib.data.datasets import LAYOUTS
+
+    for name in available():
+        layout = LAYOUTS.get(name)
+        print(f"{name:<14} {layout.title if layout else 'embedded Fashion-MNIST subset (no ROOT needed)'}")
+    return EXIT_OK
+
+
+def add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    dsub.required = True
+
+    check = dsub.add_parser(
+        "check", help="validate a dataset folder",
+        description="Load every split of DATASET from ROOT, open every image, and print per-split counts, the "
+                    "number of classes and the problems found. Exits 1 when there are problems.")
+    check.add_argument("dataset", metavar="DATASET", help="dataset name (`ctlib data list` shows them)")
+    check.add_argument("root", metavar="ROOT", nargs="?", default="",
+                       help="the folder torchvision's `root` means (or TLlib's folder holding image_list/); "
+                            "not needed for `demo`")
+    check.add_argument("--no-images", action="store_true", help="skip opening every image (layout and lists only)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=_data_check)
+
+    lst = dsub.add_parser("list", help="list the registered datasets")
+    lst.set_defaults(func=_data_list)
+
+
+#: every subcommand group; add new ones here
+COMMANDS: list[Callable] = [add_data_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctlib", description="Concept-Tuning reproducibility kit.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Front-door head of METHOD.md §2.1/§2.7: position attention and channel attention (DANet) over the
+last feature map, aggregated, then a variational information bottleneck and a linear classifier."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+AGGREGATIONS = ("sum", "concat")
+KL_FORMS = ("code", "textbook")
+
+
+class PositionAttention(nn.Module):
+    """DANet's PAM: attention over the H·W positions; output γ·(V A^T) + x, γ starts at 0."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.query = nn.Conv2d(channels, channels // 8, 1)
+        self.key = nn.Conv2d(channels, channels // 8, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, D, H, W = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)               # (B, N, D/8)
+        k = self.key(x).flatten(2)                                  # (B, D/8, N)
+        attn = torch.softmax(q @ k, dim=-1)                         # (B, N, N), rows = output positions
+        out = self.value(x).flatten(2) @ attn.transpose(1, 2)      # (B, D, N)
+        return self.gamma * out.view(B, D, H, W) + x
+
+
+class ChannelAttention(nn.Module):
+    """DANet's CAM: attention over channels with softmax(max_row(E) − E), E = X Xᵀ; γ starts at 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, D, H, W = x.shape
+        X = x.flatten(2)                                            # (B, D, N)
+        energy = X @ X.transpose(1, 2)                              # (B, D, D)
+        # the row max only shifts the softmax's input: no gradient flows through it (detached, same values)
+        attn = torch.softmax(energy.detach().amax(-1, keepdim=True) - energy, dim=-1)
+        return self.gamma * (attn @ X).view(B, D, H, W) + x
+
+
+class FrontDoorHead(nn.Module):
+    """Attention (PAM + CAM, summed as in the code or concatenated as in the paper's caption) → global
+    average pool → Linear(·, 2·ib_dim) giving μ and s, σ = softplus(s − 5) → ẑ = μ + σ·ε → Linear → logits.
+
+    At evaluation ẑ = μ (``eval_sample=False``, default) or a sample as the reference does.
+    """
+
+    def __init__(self, channels: int, num_classes: int, ib_dim: int = 512, aggregation: str = "sum",
+                 eval_sample: bool = False):
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}: choose one of {list(AGGREGATIONS)}")
+        self.aggregation = aggregation
+        self.eval_sample = eval_sample
+        self.ib_dim = ib_dim
+        self.pam = PositionAttention(channels)
+        self.cam = ChannelAttention()
+        self.encoder = nn.Linear(channels * (2 if aggregation == "concat" else 1), 2 * ib_dim)
+        self.decoder = nn.Linear(ib_dim, num_classes)
+
+    def attend(self, fmap: torch.Tensor) -> torch.Tensor:
+        if self.aggregation == "sum":
+            return self.cam(fmap) + self.pam(fmap)
+        return torch.cat([self.cam(fmap), self.pam(fmap)], 1)
+
+    def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        stats = self.encoder(self.attend(fmap).mean((2, 3)))
+        mu, s = stats[:, :self.ib_dim], stats[:, self.ib_dim:]
+        sigma = F.softplus(s - 5, beta=1)
+        z = mu + sigma * torch.randn_like(sigma) if (self.training or self.eval_sample) else mu
+        return self.decoder(z), mu, sigma
+
+
+def ib_kl(mu: torch.Tensor, sigma: torch.Tensor, form: str = "code") -> torch.Tensor:
+    """Batch mean of Σ_dims KL(N(μ, τ²) ‖ N(0, 1)) with τ = exp(σ) (the reference code) or τ = σ."""
+    if form not in KL_FORMS:
+        raise ValueError(f"unknown KL form {form!r}: choose one of {list(KL_FORMS)}")
+    if form == "code":
+        log_tau, tau2 = sigma, torch.exp(2 * sigma)
+    else:
+        log_tau, tau2 = torch.log(sigma), sigma ** 2
+    return (0.5 * (tau2 + mu ** 2 - 1) - log_tau).sum(1).mean()

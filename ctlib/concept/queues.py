@@ -1,0 +1,34 @@
+"""Per-class queues of key embeddings (METHOD.md §2.4), as registered buffers."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ClassQueues(nn.Module):
+    """``queue_z`` (dim × C × K): K image-level key embeddings per class, feature dim first as in the
+    reference; ``queue_h`` (C × K × P × dim): K key-side sets of P patch embeddings per class.
+    Both start random normal, L2-normalised over the feature dim, and share one pointer per class."""
+
+    def __init__(self, num_classes: int, K: int, dim: int, num_patches: int):
+        super().__init__()
+        self.num_classes, self.K = num_classes, K
+        self.register_buffer("queue_z", F.normalize(torch.randn(dim, num_classes, K), dim=0))
+        self.register_buffer("queue_h", F.normalize(torch.randn(num_classes, K, num_patches, dim), dim=-1))
+        self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, z: torch.Tensor, h: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write the batch's keys in batch order, each at its class's pointer, which advances by one
+        modulo K per sample — the reference's sample-by-sample enqueue, in one indexed write."""
+        C, K = self.num_classes, self.K
+        onehot = F.one_hot(labels, C)
+        rank = (onehot.cumsum(0) - 1).gather(1, labels[:, None]).squeeze(1)   # earlier same-class samples
+        counts = onehot.sum(0)
+        keep = rank >= counts[labels] - K       # with more than K of a class, the last K writes win
+        pos = (self.ptr[labels] + rank) % K
+        lab, pos = labels[keep], pos[keep]
+        self.queue_z[:, lab, pos] = z.detach()[keep].T.to(self.queue_z.dtype)
+        self.queue_h[lab, pos] = h.detach()[keep].to(self.queue_h.dtype)
+        self.ptr.copy_((self.ptr + counts) % K)

@@ -1,0 +1,36 @@
+"""Evaluation of every head of a method: top-1 and mean per-class accuracy."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+def accuracy_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
+    """Top-1 (%) and mean per-class accuracy (%, over the classes present in ``target``)."""
+    correct = (pred == target).float()
+    per_class_n = torch.bincount(target, minlength=num_classes).float()
+    per_class_ok = torch.bincount(target, weights=correct, minlength=num_classes)
+    present = per_class_n > 0
+    return {"top1": round(100.0 * correct.mean().item(), 4),
+            "mean_class": round(100.0 * (per_class_ok[present] / per_class_n[present]).mean().item(), 4)}
+
+
+@torch.no_grad()
+def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 0, progress: bool = False,
+             desc: str = "eval") -> dict:
+    """{head: {"top1", "mean_class"}} for every head of ``method`` on ``dataset``."""
+    was = method.training
+    method.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds: dict[str, list] = {}
+    targets = []
+    try:
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            for name, logits in method.heads(images.to(device)).items():
+                preds.setdefault(name, []).append(logits.argmax(1).cpu())
+            targets.append(labels)
+    finally:
+        method.train(was)
+    target = torch.cat(targets)
+    return {name: accuracy_metrics(torch.cat(p), target, dataset.num_classes) for name, p in preds.items()}

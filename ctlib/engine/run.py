@@ -1,0 +1,247 @@
+"""Fit and evaluate one run from its config; checkpoint every epoch, resume, write one record.
+
+``fit(config)``:
+- a finished run (its record exists with the same config hash) is returned, not re-run;
+- an interrupted run resumes from its last epoch checkpoint (model, optimiser, scheduler, queues,
+  history, RNG states) and ends with the same record as an uninterrupted run on CPU;
+- a checkpoint written by a different config is an error naming the differing settings.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import __version__
+from ..data import build_dataset, eval_view, training_views
+from ..methods import build_method
+from ..models import build_backbone
+from ..records import RECORD_NAME, read_record, save_torch_atomic, write_json_atomic
+from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
+from .config import RunConfig, config_diff
+from .evaluate import evaluate
+from .sampler import EpochBatches
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+def run_dir(config: RunConfig) -> Path:
+    return Path(config.results_dir) / config.run_id()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for but CUDA is not available here; use device='cpu' or 'auto'")
+    return dev
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _versions() -> dict:
+    import torchvision
+    return {"ctlib": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+class Run:
+    """Everything one run builds from its config: data, model, optimiser, schedule."""
+
+    def __init__(self, config: RunConfig):
+        c = self.config = config
+        self.device = resolve_device(c.device)
+        seed_everything(c.seed)
+        backbone = build_backbone(c.backbone, c.pretrained)
+        opts = {"download": c.download, "skip_bad_images": c.skip_bad_images}
+        vf = c.val_fraction or None
+        train = build_dataset(c.dataset, c.data_root, "train", c.sample_rate, seed=c.seed, val_fraction=vf, **opts)
+        test = build_dataset(c.dataset, c.data_root, "test", 100, **opts)
+        self.num_classes = train.num_classes
+        self.method = build_method(c.method, backbone, self.num_classes, c.image_size, c.method_args).to(self.device)
+        views = training_views(self.method.view_kinds, c.image_size, backbone.mean, backbone.std, c.hflip,
+                               c.color_jitter)
+        evalt = eval_view(c.image_size, backbone.mean, backbone.std)
+        self.val = None
+        if vf:
+            self.val = build_dataset(c.dataset, c.data_root, "val", c.sample_rate, evalt, c.seed, val_fraction=vf,
+                                     **opts)
+        self.train = train.with_transform(views)
+        self.test = test.with_transform(evalt)
+        groups = self.method.param_groups(c.lr, c.backbone_lr_mult)
+        self.optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                         nesterov=True)
+        if c.schedule == "multistep":
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(c.milestones), c.lr_gamma)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, c.epochs)
+
+    def data_info(self) -> dict:
+        return {"train_images": len(self.train), "test_images": len(self.test),
+                "val_images": len(self.val) if self.val is not None else 0, "num_classes": self.num_classes,
+                "train_class_counts": self.train.class_counts(), "train": self.train.info}
+
+    def loader(self, epoch: int) -> DataLoader:
+        c = self.config
+        sampler = EpochBatches(len(self.train), c.batch_size, c.seed, epoch, c.iters_per_epoch)
+        gen = torch.Generator().manual_seed(derived_seed(c.seed, epoch, 0x10AD))   # worker seeds
+        return DataLoader(self.train, batch_sampler=sampler, num_workers=c.num_workers, generator=gen,
+                          pin_memory=self.device.type == "cuda")
+
+    def train_epoch(self, epoch: int) -> dict:
+        c, method = self.config, self.method
+        method.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(self.loader(epoch), total=c.iters_per_epoch, desc=f"{c.method} epoch {epoch + 1}/{c.epochs}",
+                   disable=not c.progress, leave=False)
+        for views, labels in bar:
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            labels = labels.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = method.training_step(views, labels, epoch)   # may back-propagate parts of its loss itself
+            loss = out.pop("loss")
+            loss.backward()
+            self.optimizer.step()
+            out.setdefault("total", loss.item())
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{out['total']:.3f}")
+        return {k: round(v / c.iters_per_epoch, 6) for k, v in sums.items()}
+
+    def evaluate(self) -> dict:
+        c = self.config
+        res = {"test": evaluate(self.method, self.test, self.device, c.eval_batch_size, c.num_workers, c.progress,
+                                "test")}
+        if self.val is not None:
+            res["val"] = evaluate(self.method, self.val, self.device, c.eval_batch_size, c.num_workers, c.progress,
+                                  "val")
+        return res
+
+    def state(self, epoch: int, history: list, elapsed: float) -> dict:
+        return {"config_hash": self.config.hash(), "config": self.config.identity(), "epoch": epoch,
+                "history": history, "elapsed": elapsed, "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+
+
+def final_metrics(history: list) -> dict:
+    """Final numbers under each reporting protocol (METHOD.md Decision 10), each labelled."""
+    last = history[-1]
+    best = max(((h["test"][head]["top1"], -h["epoch"], head, h) for h in history for head in h["test"]),
+               key=lambda t: t[:2])
+    out = {"reference": {**best[3]["test"][best[2]], "epoch": best[3]["epoch"], "head": best[2],
+                         "protocol": "max over heads and epochs of test top-1 (reference code)"},
+           "main_last": {**last["test"]["main"], "epoch": last["epoch"], "head": "main",
+                         "protocol": "main head, last epoch"}}
+    if "val" in last:
+        sel = max(history, key=lambda h: (h["val"]["main"]["top1"], -h["epoch"]))
+        out["val_selected"] = {**sel["test"]["main"], "epoch": sel["epoch"], "head": "main",
+                               "protocol": "main head, epoch with best validation top-1"}
+    return out
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    mem = {"cpu_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        mem["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return mem
+
+
+def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict | None:
+    """Train and evaluate one run; returns its record. ``stop_after_epoch`` ends the process of training
+    after that many epochs with the checkpoint written, as a kill would (for tests); it returns None."""
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    out = run_dir(config)
+    record_path, ckpt_path = out / RECORD_NAME, out / CHECKPOINT_NAME
+    if record_path.exists():
+        rec = read_record(record_path)
+        if rec.get("config_hash") == config.hash():
+            log.info("run %s already finished: %s", config.run_id(), record_path)
+            return rec
+    run = Run(config)
+    history: list = []
+    start, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=run.device, weights_only=False)
+        if state["config_hash"] != config.hash():
+            raise ConfigMismatchError(f"checkpoint {ckpt_path} was written by a different config; differing "
+                                      f"settings (checkpoint, now): {config_diff(state['config'], config.identity())}."
+                                      " Delete the run folder to start over.")
+        if "optimizer" not in state:
+            raise ConfigMismatchError(f"{ckpt_path} holds a finished model, not a resumable state")
+        run.load_state(state)
+        start, history, elapsed = state["epoch"], state["history"], state["elapsed"]
+        log.info("resuming %s after epoch %d", config.run_id(), start)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    for epoch in range(start, config.epochs):
+        t0 = time.time()
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        train_parts = run.train_epoch(epoch)
+        run.scheduler.step()
+        metrics = run.evaluate()
+        elapsed += time.time() - t0
+        history.append({"epoch": epoch + 1, "lr": lrs, "train": train_parts, **metrics})
+        save_torch_atomic(run.state(epoch + 1, history, elapsed), ckpt_path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+            return None
+    record = {"schema": 1, "run_id": config.run_id(), "config": asdict(config), "config_hash": config.hash(),
+              "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
+              "data": run.data_info(), "history": history, "final": final_metrics(history),
+              "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(record_path, record)
+    if config.keep_checkpoint == "model":
+        save_torch_atomic({"config_hash": config.hash(), "config": config.identity(),
+                           "method": run.method.state_dict()}, out / MODEL_NAME)
+    if config.keep_checkpoint != "full":
+        ckpt_path.unlink(missing_ok=True)
+    return record
+
+
+def load_model(config: RunConfig | dict, device: str = "cpu"):
+    """The trained method of a finished run (needs keep_checkpoint 'model' or 'full')."""
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    out = run_dir(config)
+    path = out / MODEL_NAME if (out / MODEL_NAME).exists() else out / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no saved model for run {config.run_id()} in {out}")
+    state = torch.load(path, map_location=device, weights_only=False)
+    backbone = build_backbone(config.backbone, False)
+    num_classes = state["method"]["encoder_q.head.weight" if config.method == "concept_tuning"
+                                  else "head.weight"].shape[0]
+    method = build_method(config.method, backbone, num_classes, config.image_size, config.method_args)
+    method.load_state_dict(state["method"])
+    return method.to(device).eval()

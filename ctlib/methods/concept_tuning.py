@@ -1,0 +1,198 @@
+"""Concept-Tuning (METHOD.md §2): main head + front-door/IB head on a query encoder, a momentum key
+encoder, class queues, image-level and concept-level contrastive losses.
+
+One step, as the reference orders it (§2.10), with the parts of the loss back-propagated one after
+the other so that the concept branch's activations are freed before the full-image branch runs
+(the gradients add up to those of the summed loss; query parameters do not change within a step):
+1. key encoder (not yet updated) on v2 → query-side boxes and confusing classes;
+2. momentum update of the key encoder; key forwards on v1 (z_k) and v3 (key-side boxes, patch keys);
+3. query encoder on the crops of v2 with BN momentum 0 → concept loss (β·L_concept) → backward;
+4. query forward on v0 → CE + λ·L_img + CE_IB + infow·KL_IB → backward;
+5. enqueue the batch's keys (every sample saw the queues as they were at the start of the step).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..concept import (ClassQueues, FrontDoorHead, PatchGeometry, check_confusing, concept_contrastive_loss,
+                       concept_logits, crop_patches, embed_patches, ib_kl, image_contrastive_loss, search_patches)
+from .base import Method, pooled
+
+
+@dataclass
+class ConceptTuningSettings:
+    K: int = 40                    # queue length per class
+    m: float = 0.999               # key-encoder momentum
+    T: float = 0.07                # temperature of both contrastive losses
+    trade_off: float = 1.0         # λ, image-level contrastive loss
+    beta: float = 1.0              # concept-level loss weight (reference --beta-anneal) ...
+    start_epoch: int = -1          # ... applied for epochs > start_epoch (reference --start)
+    confusing: int = 100           # confusable classes used as concept negatives, 3..C-1
+    ib_dim: int = 512
+    infow: float = 5e-3            # weight of the IB KL term
+    smoothing: float = 0.0         # label smoothing of both cross-entropies
+    aggregation: str = "sum"       # front-door attention: "sum" (code) or "concat" (paper caption)
+    kl_form: str = "code"          # IB KL with std exp(σ) ("code") or σ ("textbook")
+    eval_sample_ib: bool = False   # IB head samples ε at evaluation (reference) instead of using μ
+    anchor: str = "corner"         # box anchor at the peak cell's top-left pixel (reference) or "center"
+    num_patches: int = 9
+    slice_width: int | None = None   # default: 30 at 2048 channels, scaled
+    slice_stride: int | None = None  # default: 250 at 2048 channels, scaled
+    box_size: int | None = None      # default: 64 px at 224 px input, scaled
+    patch_forward: str = "batched"   # "batched": all crops in one forward; "per_slot": one per slot (reference)
+    sinkhorn_eps: float = 0.01
+    sinkhorn_iters: int = 200
+    sinkhorn_tol: float = 1e-3
+    pos_top: int = 3
+    neg_top: int = 10
+
+
+class _Encoder(nn.Module):
+    """Backbone + main head (GAP + Linear, N(0, 0.01²) weights, zero bias)."""
+
+    def __init__(self, backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.channels, num_classes)
+        nn.init.normal_(self.head.weight, 0, 0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        return self.head(pooled(f)), f
+
+
+def _set_bn_momentum(module: nn.Module, momentum: float | None) -> list[float | None]:
+    """Set every BN layer's momentum; returns the previous values (for restoring)."""
+    old = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            old.append(m.momentum)
+            m.momentum = momentum
+    return old
+
+
+def _restore_bn_momentum(module: nn.Module, values: list[float | None]) -> None:
+    it = iter(values)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = next(it)
+
+
+class ConceptTuning(Method):
+    name = "concept_tuning"
+    view_kinds = ("image", "image", "patch", "patch")
+    Settings = ConceptTuningSettings
+
+    def __init__(self, backbone, num_classes: int, image_size: int = 224,
+                 settings: ConceptTuningSettings | None = None):
+        super().__init__()
+        s = self.settings = settings or ConceptTuningSettings()
+        check_confusing(s.confusing, num_classes)
+        if s.patch_forward not in ("batched", "per_slot"):
+            raise ValueError(f"unknown patch_forward {s.patch_forward!r}: choose 'batched' or 'per_slot'")
+        self.num_classes = num_classes
+        self.geometry = PatchGeometry.derive(backbone.channels, image_size, backbone.stride, s.num_patches,
+                                             s.anchor, s.slice_width, s.slice_stride, s.box_size)
+        self.encoder_q = _Encoder(backbone, num_classes)
+        self.frontdoor = FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.queues = ClassQueues(num_classes, s.K, num_classes, self.geometry.num_patches)
+
+    # ---- optimiser -------------------------------------------------------------------------------
+    def param_groups(self, lr, backbone_lr_mult):
+        q = self.encoder_q
+        return [{"params": list(q.backbone.body.parameters()), "lr": lr * backbone_lr_mult},
+                {"params": list(q.head.parameters()) + list(self.frontdoor.parameters()), "lr": lr}]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder_k.train(mode)   # the key encoder always runs in training mode while training
+        return self
+
+    # ---- pieces ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        q = [p.detach() for p in self.encoder_q.parameters()]
+        k = list(self.encoder_k.parameters())
+        torch._foreach_lerp_(k, q, 1.0 - self.settings.m)
+
+    def _search(self, images, labels):
+        """Patch search on ``images`` with the key encoder (its logits, feature map and head)."""
+        with torch.no_grad():
+            logits, fmap = self.encoder_k(images)
+        return search_patches(fmap, logits, labels, self.encoder_k.head.weight, self.geometry,
+                              self.settings.confusing, tuple(images.shape[-2:]))
+
+    def _embed(self, encoder: _Encoder, images, boxes):
+        crops = crop_patches(images, boxes, self.geometry)
+        return embed_patches(lambda x: pooled(encoder.backbone(x)), encoder.head.weight, encoder.head.bias,
+                             crops, per_slot=self.settings.patch_forward == "per_slot")
+
+    def concept_weight(self, epoch: int) -> float:
+        return self.settings.beta if epoch > self.settings.start_epoch else 0.0
+
+    # ---- training --------------------------------------------------------------------------------
+    def training_step(self, views, labels, epoch):
+        s = self.settings
+        v0, v1, v2, v3 = views
+        search_q = self._search(v2, labels)                  # key encoder before its update
+        with torch.no_grad():
+            self.momentum_update()
+            y_k, _ = self.encoder_k(v1)
+            z_k = F.normalize(y_k, dim=1)
+            search_k = self._search(v3, labels)
+            e_k = self._embed(self.encoder_k, v3, search_k.boxes)
+        queue_z, queue_h = self.queues.queue_z.clone(), self.queues.queue_h.clone()
+
+        # concept branch: query encoder on the crops of v2, BN batch statistics, running stats untouched
+        bn = _set_bn_momentum(self.encoder_q, 0.0)
+        try:
+            e_q = self._embed(self.encoder_q, v2, search_q.boxes)
+        finally:
+            _restore_bn_momentum(self.encoder_q, bn)
+        c_logits, iters = concept_logits(e_q, e_k, queue_h, labels, search_q.confusing, s.sinkhorn_eps,
+                                         s.sinkhorn_iters, s.sinkhorn_tol, s.pos_top, s.neg_top)
+        loss_concept = concept_contrastive_loss(c_logits, s.K, s.T)
+        beta = self.concept_weight(epoch)
+        if beta and loss_concept.requires_grad:
+            (beta * loss_concept).backward()
+
+        # full-image branch
+        y_q, fmap = self.encoder_q(v0)
+        ib_logits, mu, sigma = self.frontdoor(fmap)
+        loss_cls = F.cross_entropy(y_q, labels, label_smoothing=s.smoothing)
+        loss_img = image_contrastive_loss(F.normalize(y_q, dim=1), z_k, queue_z, labels, s.T)
+        loss_ib = F.cross_entropy(ib_logits, labels, label_smoothing=s.smoothing)
+        loss_kl = ib_kl(mu, sigma, s.kl_form)
+        rest = loss_cls + s.trade_off * loss_img + loss_ib + s.infow * loss_kl
+
+        self.queues.enqueue(z_k, e_k, labels)
+        total = rest.detach() + beta * loss_concept.detach()
+        return {"loss": rest, "total": total.item(), "cls": loss_cls.item(), "img": loss_img.item(),
+                "concept": loss_concept.item(), "ib_cls": loss_ib.item(), "ib_kl": loss_kl.item(),
+                "acc": (y_q.argmax(1) == labels).float().mean().item(),
+                "ib_acc": (ib_logits.argmax(1) == labels).float().mean().item(), "sinkhorn_iters": iters}
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def heads(self, images):
+        y, fmap = self.encoder_q(images)
+        return {"main": y, "ib": self.frontdoor(fmap)[0]}
+
+    @torch.no_grad()
+    def find_concepts(self, images, labels):
+        """Concept boxes the key encoder finds on ``images`` (for display): a PatchSearch."""
+        was = self.encoder_k.training
+        self.encoder_k.eval()
+        try:
+            return self._search(images, labels)
+        finally:
+            self.encoder_k.train(was)

@@ -1,0 +1,75 @@
+"""Run records: one JSON file per finished run, written atomically; read back into a DataFrame."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+RECORD_NAME = "record.json"
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path, obj) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False, default=str).encode()))
+
+
+def save_torch_atomic(obj, path) -> None:
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def read_record(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def find_records(results_dir) -> list[dict]:
+    return [read_record(p) for p in sorted(Path(results_dir).glob(f"*/{RECORD_NAME}"))]
+
+
+def records_frame(results_dir, protocols=("reference", "main_last", "val_selected")):
+    """One row per finished run: its main settings and its final metrics under each protocol."""
+    import pandas as pd
+
+    rows = []
+    for r in find_records(results_dir):
+        c = r["config"]
+        row = {"run_id": r["run_id"], "method": c["method"], "dataset": c["dataset"], "sample_rate": c["sample_rate"],
+               "backbone": c["backbone"], "seed": c["seed"], "epochs": c["epochs"], "wall_time_s": r["wall_time_s"]}
+        for p in protocols:
+            res = r["final"].get(p)
+            if res:
+                row[f"{p}_top1"] = res["top1"]
+                row[f"{p}_mean_class"] = res["mean_class"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def history_frame(results_dir):
+    """One row per (run, epoch, split, head) with top-1 and mean per-class accuracy."""
+    import pandas as pd
+
+    rows = []
+    for r in find_records(results_dir):
+        c = r["config"]
+        for h in r["history"]:
+            for split in ("test", "val"):
+                for head, m in (h.get(split) or {}).items():
+                    rows.append({"run_id": r["run_id"], "method": c["method"], "sample_rate": c["sample_rate"],
+                                 "seed": c["seed"], "epoch": h["epoch"], "split": split, "head": head, **m})
+    return pd.DataFrame(rows)
