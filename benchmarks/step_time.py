@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="any other ConceptTuningSettings field (repeatable), e.g. --ct sinkhorn_iters=100")
     p.add_argument("--steps", type=int, default=5, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="child processes per method, run alternately (erm, ct, erm, ct, ...); step times are pooled "
+                        "over them and the peak is their maximum; >1 evens out load from other processes")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP/MKL threads)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
@@ -69,8 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for m in a.methods:
         if m not in METHODS:
             p.error(f"unknown method {m!r}: choose from {METHODS}")
-    if a.steps < 1 or a.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
+        p.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     return a
 
 
@@ -194,6 +197,23 @@ def run_child(a: argparse.Namespace, method: str, argv: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
+def merge_runs(rs: list[dict]) -> dict:
+    """One child's result, or several children's of one method pooled: median over all their timed steps,
+    the largest peak, the median build RSS."""
+    if len(rs) == 1:
+        return rs[0]
+    out = dict(rs[-1])
+    out["step_times_s"] = [t for r in rs for t in r["step_times_s"]]
+    out["step_s"] = statistics.median(out["step_times_s"])
+    out["step_cpu_s"] = statistics.median(r["step_cpu_s"] for r in rs)
+    out["peak_mb"] = max(r["peak_mb"] for r in rs)
+    out["model_mb"] = statistics.median(r["model_mb"] for r in rs)
+    if all("cuda_peak_mb" in r for r in rs):
+        out["cuda_peak_mb"] = max(r["cuda_peak_mb"] for r in rs)
+    out["per_process_step_s"] = [round(r["step_s"], 4) for r in rs]
+    return out
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -203,7 +223,13 @@ def main(argv=None) -> None:
 
     import torch
     load_before = os.getloadavg()[0]
-    res = {m: run_child(a, m, argv) for m in a.methods}
+    runs = {m: [] for m in a.methods}
+    for r in range(a.repeats):
+        for m in a.methods:
+            if a.repeats > 1 and not a.quiet:
+                print(f"[{SHORT[m]}] repeat {r + 1}/{a.repeats}", file=sys.stderr, flush=True)
+            runs[m].append(run_child(a, m, argv))
+    res = {m: merge_runs(rs) for m, rs in runs.items()}
     out = {}
     for m, r in res.items():
         k = SHORT[m]
@@ -212,6 +238,9 @@ def main(argv=None) -> None:
         out[f"{k}_model_mb"] = r["model_mb"]
         out[f"{k}_step_times_s"] = r["step_times_s"]
         out[f"{k}_step_cpu_s"] = round(r["step_cpu_s"], 4)
+        out[f"{k}_step_min_s"] = round(min(r["step_times_s"]), 4)
+        if "per_process_step_s" in r:
+            out[f"{k}_per_process_step_s"] = r["per_process_step_s"]
         if "cuda_peak_mb" in r:
             out[f"{k}_cuda_peak_mb"] = r["cuda_peak_mb"]
     if "erm" in res and "concept_tuning" in res:
@@ -219,12 +248,14 @@ def main(argv=None) -> None:
         out["time_ratio"] = round(c["step_s"] / e["step_s"], 3)
         out["memory_ratio"] = round(c["peak_mb"] / e["peak_mb"], 3)
         out["cpu_time_ratio"] = round(c["step_cpu_s"] / e["step_cpu_s"], 3)
+        out["time_ratio_fastest"] = round(min(c["step_times_s"]) / min(e["step_times_s"]), 3)
         if "cuda_peak_mb" in e and "cuda_peak_mb" in c and e["cuda_peak_mb"]:
             out["cuda_memory_ratio"] = round(c["cuda_peak_mb"] / e["cuda_peak_mb"], 3)
         if "sinkhorn_iters" in c.get("last_step", {}):
             out["ct_sinkhorn_iters"] = c["last_step"]["sinkhorn_iters"]
     out["settings"] = {"backbone": a.backbone, "size": a.size, "batch": a.batch, "classes": a.classes,
                        "confusing": a.confusing, "K": a.K, "steps": a.steps, "warmup": a.warmup,
+                       "repeats": a.repeats,
                        "device": a.device, "ct": res["concept_tuning"]["settings"] if "concept_tuning" in res
                        else method_settings(a, "concept_tuning")}
     out["threads"] = a.threads
@@ -234,16 +265,24 @@ def main(argv=None) -> None:
     out["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
 
     print(f"\n{a.backbone}, {a.size} px, batch {a.batch}, {a.classes} classes, confusing {a.confusing}, K {a.K}, "
-          f"{a.threads} threads, {a.device}; median of {a.steps} steps after {a.warmup} warm-up")
+          f"{a.threads} threads, {a.device}; median of {a.steps} steps after {a.warmup} warm-up"
+          + (f", {a.repeats} processes per method" if a.repeats > 1 else ""))
     for m, r in res.items():
-        print(f"  {m:15s} step {r['step_s']:8.3f} s (CPU {r['step_cpu_s']:.2f} s)   peak RSS {r['peak_mb']:8.0f} MB "
+        print(f"  {m:15s} step {r['step_s']:8.3f} s (fastest {min(r['step_times_s']):.3f} s, "
+              f"CPU {r['step_cpu_s']:.2f} s)   peak RSS {r['peak_mb']:8.0f} MB "
               f"(after build {r['model_mb']:.0f} MB)"
               + (f"   CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""))
     if "time_ratio" in out:
         print(f"  concept_tuning / erm: time {out['time_ratio']:.2f}x (CPU time {out['cpu_time_ratio']:.2f}x), "
-              f"peak memory {out['memory_ratio']:.2f}x")
+              f"peak memory {out['memory_ratio']:.2f}x; fastest steps {out['time_ratio_fastest']:.2f}x")
+    # the children themselves add about --threads to the load average
+    busy = out["loadavg_1min"][0] > 1.5 or out["loadavg_1min"][1] > a.threads + 1
+    out["machine_busy"] = busy
     print(f"  1-min load average before / after: {out['loadavg_1min'][0]} / {out['loadavg_1min'][1]} "
-          f"on {out['cpu_count']} CPUs (above {a.threads}, other processes slow the steps)")
+          f"on {out['cpu_count']} CPUs"
+          + (("  WARNING: other processes were competing for the cores; a multi-threaded step is then "
+              "slowed unevenly (small ops most), so times and ratios are unreliable" if a.threads > 1 else
+              "  WARNING: other processes were competing for the cores; times may be inflated") if busy else ""))
     print(json.dumps(out), flush=True)
 
 

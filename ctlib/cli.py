@@ -52,8 +52,36 @@ def add_data_commands(sub) -> None:
     lst.set_defaults(func=_data_list)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from ctlib.reproduce import parse_value, run_notebook
+
+    params = {k: parse_value(v) for k, v in args.param}
+    dest = run_notebook(args.notebook, args.out, params, kernel=args.kernel, cell_timeout=args.cell_timeout)
+    print(f"executed notebook: {dest}\nresults: {dest.parent}")
+    return EXIT_OK
+
+
+def add_run_commands(sub) -> None:
+    from ctlib.reproduce import available_notebooks
+
+    run = sub.add_parser(
+        "run", help="execute a notebook with papermill",
+        description="Execute notebooks/NOTEBOOK.ipynb through papermill. Results and the executed notebook go to "
+                    "--out (default results/NOTEBOOK). Finished runs are skipped and interrupted ones resume, so "
+                    "running the same command again continues where it stopped.")
+    run.add_argument("notebook", metavar="NOTEBOOK", choices=available_notebooks(),
+                     help=f"one of: {', '.join(available_notebooks())}")
+    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a parameter of the notebook's parameters cell (Python literal or string), "
+                          "e.g. -p profile paper -p device cuda")
+    run.add_argument("--out", default=None, help="output folder")
+    run.add_argument("--kernel", default="python3")
+    run.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
+    run.set_defaults(func=_run)
+
+
 #: every subcommand group; add new ones here
-COMMANDS: list[Callable] = [add_data_commands]
+COMMANDS: list[Callable] = [add_data_commands, add_run_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

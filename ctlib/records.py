@@ -38,16 +38,20 @@ def read_record(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def find_records(results_dir) -> list[dict]:
+def find_records(results_dir, run_ids=None) -> list[dict]:
+    """Records under ``results_dir`` (only those of ``run_ids`` when given, in that order)."""
+    if run_ids is not None:
+        paths = [Path(results_dir) / r / RECORD_NAME for r in run_ids]
+        return [read_record(p) for p in paths if p.exists()]
     return [read_record(p) for p in sorted(Path(results_dir).glob(f"*/{RECORD_NAME}"))]
 
 
-def records_frame(results_dir, protocols=("reference", "main_last", "val_selected")):
+def records_frame(results_dir, run_ids=None, protocols=("reference", "main_last", "val_selected")):
     """One row per finished run: its main settings and its final metrics under each protocol."""
     import pandas as pd
 
     rows = []
-    for r in find_records(results_dir):
+    for r in find_records(results_dir, run_ids):
         c = r["config"]
         row = {"run_id": r["run_id"], "method": c["method"], "dataset": c["dataset"], "sample_rate": c["sample_rate"],
                "backbone": c["backbone"], "seed": c["seed"], "epochs": c["epochs"], "wall_time_s": r["wall_time_s"]}
@@ -60,12 +64,12 @@ def records_frame(results_dir, protocols=("reference", "main_last", "val_selecte
     return pd.DataFrame(rows)
 
 
-def history_frame(results_dir):
+def history_frame(results_dir, run_ids=None):
     """One row per (run, epoch, split, head) with top-1 and mean per-class accuracy."""
     import pandas as pd
 
     rows = []
-    for r in find_records(results_dir):
+    for r in find_records(results_dir, run_ids):
         c = r["config"]
         for h in r["history"]:
             for split in ("test", "val"):

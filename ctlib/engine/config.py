@@ -54,7 +54,14 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
+        """What the run computes: every setting but NON_IDENTITY, with the method's settings resolved
+        (defaults included), so a changed default is a different run."""
+        from ..methods import METHODS
+
+        ident = {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
+        if self.method in METHODS:
+            ident["method_args"] = asdict(METHODS[self.method].make_settings(self.method_args))
+        return ident
 
     def hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)

@@ -26,7 +26,7 @@ def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 
     preds: dict[str, list] = {}
     targets = []
     try:
-        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=5.0):
             for name, logits in method.heads(images.to(device)).items():
                 preds.setdefault(name, []).append(logits.argmax(1).cpu())
             targets.append(labels)

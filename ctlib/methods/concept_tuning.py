@@ -45,6 +45,8 @@ class ConceptTuningSettings:
     slice_stride: int | None = None  # default: 250 at 2048 channels, scaled
     box_size: int | None = None      # default: 64 px at 224 px input, scaled
     patch_forward: str = "batched"   # "batched": all crops in one forward; "per_slot": one per slot (reference)
+    bn_momentum: float | None = 0.1  # query-encoder BN momentum outside the patch pass: the reference's
+                                     # recover_bn sets 0.1 every step; None keeps the backbone's own
     sinkhorn_eps: float = 0.01
     sinkhorn_iters: int = 200
     sinkhorn_tol: float = 1e-3
@@ -104,6 +106,8 @@ class ConceptTuning(Method):
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
+        if s.bn_momentum is not None:
+            _set_bn_momentum(self.encoder_q, s.bn_momentum)
         self.queues = ClassQueues(num_classes, s.K, num_classes, self.geometry.num_patches)
 
     # ---- optimiser -------------------------------------------------------------------------------
@@ -189,10 +193,13 @@ class ConceptTuning(Method):
 
     @torch.no_grad()
     def find_concepts(self, images, labels):
-        """Concept boxes the key encoder finds on ``images`` (for display): a PatchSearch."""
+        """Concept boxes the key encoder finds on ``images`` (for display): a PatchSearch. As in
+        training, the key encoder uses batch statistics; its running statistics are left alone."""
         was = self.encoder_k.training
-        self.encoder_k.eval()
+        self.encoder_k.train()
+        bn = _set_bn_momentum(self.encoder_k, 0.0)
         try:
             return self._search(images, labels)
         finally:
+            _restore_bn_momentum(self.encoder_k, bn)
             self.encoder_k.train(was)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up the kit: a virtual environment .venv at the repository root (unless a virtualenv or a conda
+# env is already active), the pinned dependencies of requirements.lock, and ctlib itself (editable).
+# Quick when nothing changed: a stamp of requirements.lock + pyproject.toml skips the install.
+# Prints the Python to use as its last line.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-base}" != "base" ]; then
+  py="$CONDA_PREFIX/bin/python"
+else
+  if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    python3 -m venv .venv
+  fi
+  py="$root/.venv/bin/python"
+fi
+
+stamp_dir="$("$py" -c 'import sys; print(sys.prefix)')"
+stamp="$stamp_dir/.ctlib-setup-stamp"
+want="$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import ctlib, torch, torchvision, papermill, nbval" 2>/dev/null; then
+  echo "setup: environment up to date ($py)" >&2
+else
+  echo "setup: installing pinned dependencies into $stamp_dir (a few minutes the first time)" >&2
+  "$py" -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" >&2 || true
+  "$py" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored" >&2 || true
+  "$py" -c "import ctlib, torch, torchvision, papermill, nbval" || { echo "setup: install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+echo "$py"
