@@ -45,7 +45,7 @@ def show_concepts(method, dataset, indices, mean, std, class_names=None, device=
     pics = denormalize(images, mean, std)
     rows = int(np.ceil(len(indices) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 3.4 * rows), squeeze=False)
-    colors = plt.cm.coolwarm_r(np.linspace(0, 1, found.boxes.shape[1]))
+    colors = plt.cm.rainbow_r(np.linspace(0, 1, found.boxes.shape[1]))
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= len(indices):
@@ -63,6 +63,6 @@ def show_concepts(method, dataset, indices, mean, std, class_names=None, device=
         conf = found.confusing[k, 0].item()
         ax.set_title(f"{name}\nmost confusable: {class_names[conf] if class_names else conf}", fontsize=8)
     fig.suptitle("Concept patches: box n = peak of channel slice n (1 = most class-discriminative, red; "
-                 f"{found.boxes.shape[1]} = least, blue)", fontsize=10)
+                 f"{found.boxes.shape[1]} = least, violet)", fontsize=10)
     plt.tight_layout()
     return fig

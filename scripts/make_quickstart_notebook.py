@@ -80,7 +80,7 @@ Test top-1 after every epoch, for every head (Concept-Tuning has the main head a
 plot_learning_curves(history_frame(results_dir, run_ids));"""),
     md("""## Concept patches
 The 9 boxes Concept-Tuning's key encoder finds on test images: box 1 sits at the peak of the channel slice
-that most favours the true class over its most confusable classes, box 9 at the least. These crops are
+that most favours the true class over its most confusable classes, box 9 at the least; colours run from red (1) to violet (9). These crops are
 what the concept-level contrastive loss matches across images of the same class. Slices whose peaks fall in
 the same cell share one frame. In the 64-px smoke profile the feature map is 2×2, so there are only four
 peak cells and each box (18 px, anchored at the cell's top-left pixel as in the authors' code) covers a

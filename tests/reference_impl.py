@@ -66,15 +66,15 @@ def sinkhorn_select_reference(x, y, pos, topk_pos=1, eps=0.01):
     return C.reshape(N, -1).gather(1, idx).reshape(-1)
 
 
-def concept_logits_loop(e_q, e_k, queue_h, labels, conf):
+def concept_logits_loop(e_q, e_k, queue_h, labels, conf, eps=0.01):
     """Reference forward's concept-level logits, per sample (positives: top-1 plan entry)."""
     B = e_q.shape[0]
-    cur = 1.0 - sinkhorn_select_reference(e_q, e_k, True).unsqueeze(-1)
+    cur = 1.0 - sinkhorn_select_reference(e_q, e_k, True, eps=eps).unsqueeze(-1)
     rows = []
     for i in range(B):
         c = int(labels[i])
-        pos = 1.0 - sinkhorn_select_reference(e_q[i:i + 1], queue_h[c], True)
-        neg = 1.0 - sinkhorn_select_reference(e_q[i:i + 1], queue_h[conf[i]].flatten(end_dim=1), False)
+        pos = 1.0 - sinkhorn_select_reference(e_q[i:i + 1], queue_h[c], True, eps=eps)
+        neg = 1.0 - sinkhorn_select_reference(e_q[i:i + 1], queue_h[conf[i]].flatten(end_dim=1), False, eps=eps)
         rows.append(torch.cat([cur[i], pos, neg]))
     return torch.stack(rows)
 

@@ -30,19 +30,28 @@ class PositionAttention(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """DANet's CAM: attention over channels with softmax(max_row(E) − E), E = X Xᵀ; γ starts at 0."""
+    """DANet's CAM: attention over channels with softmax(max_row(E) − E), E = X Xᵀ; γ starts at 0.
 
-    def __init__(self):
+    softmax(max_row(E) − E) = softmax(−X Xᵀ): the row max only shifts the softmax's input. So CAM is
+    attention with the channels as tokens, queries −X, keys and values X, and ``fused=True`` (default)
+    computes it with ``scaled_dot_product_attention`` without materialising the D × D matrices;
+    ``fused=False`` computes them as the reference does."""
+
+    def __init__(self, fused: bool = True):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1))
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, D, H, W = x.shape
         X = x.flatten(2)                                            # (B, D, N)
-        energy = X @ X.transpose(1, 2)                              # (B, D, D)
-        # the row max only shifts the softmax's input: no gradient flows through it (detached, same values)
-        attn = torch.softmax(energy.detach().amax(-1, keepdim=True) - energy, dim=-1)
-        return self.gamma * (attn @ X).view(B, D, H, W) + x
+        if self.fused:
+            out = F.scaled_dot_product_attention(-X[:, None], X[:, None], X[:, None], scale=1.0)[:, 0]
+        else:
+            energy = X @ X.transpose(1, 2)                          # (B, D, D)
+            attn = torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
+            out = attn @ X
+        return self.gamma * out.view(B, D, H, W) + x
 
 
 class FrontDoorHead(nn.Module):
@@ -53,7 +62,7 @@ class FrontDoorHead(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, ib_dim: int = 512, aggregation: str = "sum",
-                 eval_sample: bool = False):
+                 eval_sample: bool = False, fused_channel_attention: bool = True):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}: choose one of {list(AGGREGATIONS)}")
@@ -61,7 +70,7 @@ class FrontDoorHead(nn.Module):
         self.eval_sample = eval_sample
         self.ib_dim = ib_dim
         self.pam = PositionAttention(channels)
-        self.cam = ChannelAttention()
+        self.cam = ChannelAttention(fused=fused_channel_attention)
         self.encoder = nn.Linear(channels * (2 if aggregation == "concat" else 1), 2 * ib_dim)
         self.decoder = nn.Linear(ib_dim, num_classes)
 

@@ -12,6 +12,13 @@ from __future__ import annotations
 import torch
 
 
+def _logsumexp_(x: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, overwriting ``x``. Terms below e^-80 of the row's largest are dropped:
+    they cannot change a float32 sum that is at least 1, and exp of them would be denormal (slow on CPUs)."""
+    m = x.amax(-1, keepdim=True)
+    return x.sub_(m).clamp_(min=-80.0).exp_().sum(-1).log_().add_(m.squeeze(-1))
+
+
 @torch.no_grad()
 def sinkhorn_log(cost: torch.Tensor, eps: float = 0.01, max_iter: int = 200, tol: float = 1e-3,
                  groups: torch.Tensor | None = None, check_every: int = 10) -> tuple[torch.Tensor, int]:
@@ -27,24 +34,30 @@ def sinkhorn_log(cost: torch.Tensor, eps: float = 0.01, max_iter: int = 200, tol
         groups = torch.zeros(N, dtype=torch.long, device=C.device)
     num_groups = int(groups.max()) + 1 if N else 0
     group_size = torch.bincount(groups, minlength=num_groups).clamp(min=1).to(C.dtype)
+    # The reference's update u ← ε(log μ − LSE_j((−C_ij + u_i + v_j)/ε)) + u equals, since u_i leaves the
+    # j-sum, u ← ε(log μ − LSE_j((−C_ij + v_j)/ε)). In scaled potentials f = u/ε, g = v/ε, K = −C/ε:
+    # f ← log μ − LSE_j(K_ij + g_j), g ← log ν − LSE_i(K_ij + f_i): the same iterates, fewer operations.
+    K = C / -eps
+    K_t = K.transpose(1, 2).contiguous()       # both half-steps reduce over the last, contiguous dim
     log_mu = torch.log(torch.tensor(1.0 / n + 1e-8, dtype=C.dtype, device=C.device))
     log_nu = torch.log(torch.tensor(1.0 / m + 1e-8, dtype=C.dtype, device=C.device))
-    u = C.new_zeros(N, n)
-    v = C.new_zeros(N, m)
+    f = C.new_zeros(N, n)
+    g = C.new_zeros(N, m)
     active = torch.ones(num_groups, dtype=torch.bool, device=C.device)
     it = 0
     for it in range(1, max_iter + 1):
-        u_new = eps * (log_mu - torch.logsumexp((-C + u[:, :, None] + v[:, None, :]) / eps, dim=-1)) + u
-        v_new = eps * (log_nu - torch.logsumexp((-C + u_new[:, :, None] + v[:, None, :]) / eps, dim=-2)) + v
+        f_new = log_mu - _logsumexp_(K + g[:, None, :])
+        g_new = log_nu - _logsumexp_(K_t + f_new[:, None, :])
+        # the reference's stopping criterion per call: mean over its pairs of Σ_i |Δu_i| < tol
         err = torch.zeros(num_groups, dtype=C.dtype, device=C.device).index_add_(
-            0, groups, (u_new - u).abs().sum(-1)) / group_size
+            0, groups, (f_new - f).abs().sum(-1)) * (eps / group_size)
         upd = active[groups][:, None]
-        u = torch.where(upd, u_new, u)
-        v = torch.where(upd, v_new, v)
+        f = torch.where(upd, f_new, f)
+        g = torch.where(upd, g_new, g)
         active &= err >= tol
         if it % check_every == 0 and not bool(active.any()):
             break
-    return torch.exp((-C + u[:, :, None] + v[:, None, :]) / eps), it
+    return torch.exp(K + f[:, :, None] + g[:, None, :]), it
 
 
 def select_costs(cost: torch.Tensor, plan: torch.Tensor, top: int, pick_one: bool,

@@ -39,6 +39,7 @@ class ConceptTuningSettings:
     aggregation: str = "sum"       # front-door attention: "sum" (code) or "concat" (paper caption)
     kl_form: str = "code"          # IB KL with std exp(σ) ("code") or σ ("textbook")
     eval_sample_ib: bool = False   # IB head samples ε at evaluation (reference) instead of using μ
+    fused_channel_attention: bool = True  # channel attention without D×D matrices (same values); False: reference form
     anchor: str = "corner"         # box anchor at the peak cell's top-left pixel (reference) or "center"
     num_patches: int = 9
     slice_width: int | None = None   # default: 30 at 2048 channels, scaled
@@ -102,7 +103,8 @@ class ConceptTuning(Method):
         self.geometry = PatchGeometry.derive(backbone.channels, image_size, backbone.stride, s.num_patches,
                                              s.anchor, s.slice_width, s.slice_stride, s.box_size)
         self.encoder_q = _Encoder(backbone, num_classes)
-        self.frontdoor = FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib)
+        self.frontdoor = FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib,
+                                       s.fused_channel_attention)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
@@ -154,7 +156,8 @@ class ConceptTuning(Method):
             z_k = F.normalize(y_k, dim=1)
             search_k = self._search(v3, labels)
             e_k = self._embed(self.encoder_k, v3, search_k.boxes)
-        queue_z, queue_h = self.queues.queue_z.clone(), self.queues.queue_h.clone()
+        # the image-level loss is back-propagated after the enqueue below: keep the queue it saw
+        queue_z, queue_h = self.queues.queue_z.clone(), self.queues.queue_h
 
         # concept branch: query encoder on the crops of v2, BN batch statistics, running stats untouched
         bn = _set_bn_momentum(self.encoder_q, 0.0)
@@ -194,12 +197,16 @@ class ConceptTuning(Method):
     @torch.no_grad()
     def find_concepts(self, images, labels):
         """Concept boxes the key encoder finds on ``images`` (for display): a PatchSearch. As in
-        training, the key encoder uses batch statistics; its running statistics are left alone."""
+        training, the key encoder uses batch statistics; its running statistics and the global random
+        state are left alone, and any training-mode randomness (drop-connect) is seeded: same images,
+        same boxes."""
         was = self.encoder_k.training
         self.encoder_k.train()
         bn = _set_bn_momentum(self.encoder_k, 0.0)
         try:
-            return self._search(images, labels)
+            with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+                torch.manual_seed(0)
+                return self._search(images, labels)
         finally:
             _restore_bn_momentum(self.encoder_k, bn)
             self.encoder_k.train(was)
