@@ -151,7 +151,8 @@ class Run:
         return res
 
     def state(self, epoch: int, history: list, elapsed: float) -> dict:
-        return {"config_hash": self.config.hash(), "config": self.config.identity(), "epoch": epoch,
+        return {"config_hash": self.config.hash(), "config": self.config.identity(), "num_classes": self.num_classes,
+                "epoch": epoch,
                 "history": history, "elapsed": elapsed, "method": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state()}
@@ -231,7 +232,7 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(record_path, record)
     if config.keep_checkpoint == "model":
-        save_torch_atomic({"config_hash": config.hash(), "config": config.identity(),
+        save_torch_atomic({"config_hash": config.hash(), "config": config.identity(), "num_classes": run.num_classes,
                            "method": run.method.state_dict()}, out / MODEL_NAME)
     if config.keep_checkpoint != "full":
         ckpt_path.unlink(missing_ok=True)
@@ -247,8 +248,6 @@ def load_model(config: RunConfig | dict, device: str = "cpu"):
         raise FileNotFoundError(f"no saved model for run {config.run_id()} in {out}")
     state = torch.load(path, map_location=device, weights_only=False)
     backbone = build_backbone(config.backbone, False)
-    num_classes = state["method"]["encoder_q.head.weight" if config.method == "concept_tuning"
-                                  else "head.weight"].shape[0]
-    method = build_method(config.method, backbone, num_classes, config.image_size, config.method_args)
+    method = build_method(config.method, backbone, state["num_classes"], config.image_size, config.method_args)
     method.load_state_dict(state["method"])
     return method.to(device).eval()

@@ -11,7 +11,7 @@ size and its own settings, and provides:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import torch
 import torch.nn as nn
@@ -44,8 +44,3 @@ class Method(nn.Module):
 def pooled(fmap: torch.Tensor) -> torch.Tensor:
     """The reference 'bottleneck': global average pool + flatten."""
     return fmap.mean((2, 3))
-
-
-@dataclass
-class NoSettings:
-    pass
