@@ -2,36 +2,21 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write, write_text_atomic
+
 RECORD_NAME = "record.json"
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(path, obj) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False, default=str).encode()))
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def save_torch_atomic(obj, path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_record(path) -> dict:

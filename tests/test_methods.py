@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctlib.methods import ConceptTuning, build_method
+from ctlib.methods import build_method
 from ctlib.models import build_backbone
 
 

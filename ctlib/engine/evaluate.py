@@ -1,9 +1,17 @@
 """Evaluation of every head of a method: top-1 and mean per-class accuracy."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: frequent on a terminal, sparse where every refresh is
+    kept (notebook outputs, log files)."""
+    return 0.1 if sys.stderr.isatty() else 5.0
 
 
 def accuracy_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict:
@@ -26,7 +34,8 @@ def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 
     preds: dict[str, list] = {}
     targets = []
     try:
-        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, mininterval=5.0):
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress,
+                                   mininterval=progress_interval()):
             for name, logits in method.heads(images.to(device)).items():
                 preds.setdefault(name, []).append(logits.argmax(1).cpu())
             targets.append(labels)

@@ -12,7 +12,6 @@ import logging
 import platform
 import resource
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,18 +27,12 @@ from ..models import build_backbone
 from ..records import RECORD_NAME, read_record, save_torch_atomic, write_json_atomic
 from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
 from .config import RunConfig, config_diff
-from .evaluate import evaluate
+from .evaluate import evaluate, progress_interval
 from .sampler import EpochBatches
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: frequent on a terminal, sparse where every refresh is
-    kept (notebook outputs, log files)."""
-    return 0.1 if sys.stderr.isatty() else 5.0
 
 
 class ConfigMismatchError(RuntimeError):
@@ -143,17 +136,18 @@ class Run:
 
     def evaluate(self) -> dict:
         c = self.config
-        res = {"test": evaluate(self.method, self.test, self.device, c.eval_batch_size, c.num_workers, c.progress,
-                                "test")}
-        if self.val is not None:
-            res["val"] = evaluate(self.method, self.val, self.device, c.eval_batch_size, c.num_workers, c.progress,
-                                  "val")
-        return res
+        splits = {"test": self.test, "val": self.val}
+        return {name: evaluate(self.method, ds, self.device, c.eval_batch_size, c.num_workers, c.progress, name)
+                for name, ds in splits.items() if ds is not None}
+
+    def model_state(self) -> dict:
+        """What ``load_model`` needs: the trained method and what identifies it."""
+        return {"config_hash": self.config.hash(), "config": self.config.identity(), "num_classes": self.num_classes,
+                "method": self.method.state_dict()}
 
     def state(self, epoch: int, history: list, elapsed: float) -> dict:
-        return {"config_hash": self.config.hash(), "config": self.config.identity(), "num_classes": self.num_classes,
-                "epoch": epoch,
-                "history": history, "elapsed": elapsed, "method": self.method.state_dict(),
+        """The full state an interrupted run resumes from."""
+        return {**self.model_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state()}
 
@@ -207,8 +201,6 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
             raise ConfigMismatchError(f"checkpoint {ckpt_path} was written by a different config; differing "
                                       f"settings (checkpoint, now): {config_diff(state['config'], config.identity())}."
                                       " Delete the run folder to start over.")
-        if "optimizer" not in state:
-            raise ConfigMismatchError(f"{ckpt_path} holds a finished model, not a resumable state")
         run.load_state(state)
         start, history, elapsed = state["epoch"], state["history"], state["elapsed"]
         log.info("resuming %s after epoch %d", config.run_id(), start)
@@ -232,8 +224,7 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(record_path, record)
     if config.keep_checkpoint == "model":
-        save_torch_atomic({"config_hash": config.hash(), "config": config.identity(), "num_classes": run.num_classes,
-                           "method": run.method.state_dict()}, out / MODEL_NAME)
+        save_torch_atomic(run.model_state(), out / MODEL_NAME)
     if config.keep_checkpoint != "full":
         ckpt_path.unlink(missing_ok=True)
     return record

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
+from ...atomic import write_text_atomic
 from ..base import ClassificationDataset, DatasetError
 from ..sampling import list_checksum, sample_per_class
 from ._common import relkey
@@ -49,17 +49,7 @@ def list_locations(name: str, root: str | None, sample_rate: int, seed: int) -> 
 
 
 def write_list(path: Path, lines: list[str], header: str) -> None:
-    """Write atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(header + "\n" + "".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, header + "\n" + "".join(line + "\n" for line in lines))
 
 
 def read_list(path: Path) -> tuple[dict, list[str]]:
