@@ -1,4 +1,6 @@
 """ctlib's concept parts against plain reference formulations (tests/reference_impl.py)."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -79,16 +81,54 @@ def test_embed_patches_batched_equals_per_slot_in_eval_and_is_normalised():
     body.eval()
     crops = torch.randn(3, 4, 3, 8, 8)
     feat = lambda x: body(x).mean((2, 3))
-    a = embed_patches(feat, head.weight, head.bias, crops)
-    b = embed_patches(feat, head.weight, head.bias, crops, per_slot=True)
+    a = embed_patches(feat, head.weight, head.bias, crops, "batched")
+    b = embed_patches(feat, head.weight, head.bias, crops, "per_slot")
     assert a.shape == (3, 4, 6)
     assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(a.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
 
 
+@pytest.mark.parametrize("momentum", [0.1, 0.0, None])
+def test_grouped_patch_forward_equals_per_slot_in_training_mode(momentum):
+    """One forward with per-slot BN statistics = the reference's one forward per slot: embeddings,
+    gradients, running statistics and num_batches_tracked (momentum 0.1, 0 as fix_bn, None cumulative)."""
+    body, head = _tiny_encoder()
+    body.add_module("conv2", nn.Conv2d(16, 16, 3, 1, 1))
+    body.add_module("bn2", nn.BatchNorm2d(16, momentum=momentum))
+    body[1].momentum = momentum
+    body2 = copy.deepcopy(body)
+    crops = torch.randn(5, 9, 3, 8, 8)
+    a = embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, crops, "grouped", body)
+    b = embed_patches(lambda x: body2(x).mean((2, 3)), head.weight, head.bias, crops, "per_slot")
+    c = embed_patches(lambda x: copy.deepcopy(body)(x).mean((2, 3)), head.weight, head.bias, crops, "batched")
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - c).abs().max() > 1e-3                     # statistics over all crops differ
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    for p1, p2 in zip(body.parameters(), body2.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4)
+    for (n1, b1), (_, b2) in zip(body.named_buffers(), body2.named_buffers()):
+        assert torch.allclose(b1.float(), b2.float(), atol=1e-6), n1
+    assert int(body[1].num_batches_tracked) == 9
+    assert not any("forward" in vars(m) for m in body.modules())    # BN layers restored afterwards
+
+
+def test_grouped_patch_forward_in_eval_mode_uses_running_stats():
+    body, head = _tiny_encoder()
+    body.eval()
+    crops = torch.randn(3, 4, 3, 8, 8)
+    a = embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, crops, "grouped", body)
+    b = embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, crops, "batched")
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="patch_forward"):
+        embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, crops, "loop")
+
+
 def test_embed_patches_gradient_reaches_encoder_not_head():
     body, head = _tiny_encoder()
-    e = embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, torch.randn(2, 9, 3, 8, 8))
+    e = embed_patches(lambda x: body(x).mean((2, 3)), head.weight, head.bias, torch.randn(2, 9, 3, 8, 8),
+                      module=body)
     e.sum().backward()
     assert body[0].weight.grad is not None and body[0].weight.grad.abs().sum() > 0
     assert head.weight.grad is None and head.bias.grad is None

@@ -3,13 +3,14 @@ contrastive losses and the front-door attention head."""
 from .frontdoor import ChannelAttention, FrontDoorHead, PositionAttention, ib_kl
 from .losses import (concept_contrastive_loss, concept_logits, image_contrastive_loss, kl_first_positives,
                      kl_uniform_positives)
-from .patches import (PatchGeometry, PatchSearch, attentive_maps, channel_scores, check_confusing,
+from .patches import (PATCH_FORWARDS, PatchGeometry, PatchSearch, attentive_maps, channel_scores, check_confusing,
                       confusing_classes, crop_patches, embed_patches, peak_boxes, search_patches)
 from .queues import ClassQueues
 from .sinkhorn import select_costs, sinkhorn_log
+from .slot_norm import slot_batchnorm
 
 __all__ = ["ChannelAttention", "FrontDoorHead", "PositionAttention", "ib_kl", "concept_contrastive_loss",
            "concept_logits", "image_contrastive_loss", "kl_first_positives", "kl_uniform_positives",
            "PatchGeometry", "PatchSearch", "attentive_maps", "channel_scores", "check_confusing",
            "confusing_classes", "crop_patches", "embed_patches", "peak_boxes", "search_patches", "ClassQueues",
-           "select_costs", "sinkhorn_log"]
+           "select_costs", "sinkhorn_log", "PATCH_FORWARDS", "slot_batchnorm"]

@@ -8,6 +8,12 @@ import torch.nn.functional as F
 
 AGGREGATIONS = ("sum", "concat")
 KL_FORMS = ("code", "textbook")
+ATTENTIONS = ("both", "channel", "position")
+
+
+def ib_noise(sigma: torch.Tensor) -> torch.Tensor:
+    """ε ~ N(0, I) of the reparameterised sample (a function of its own so tests can make it zero)."""
+    return torch.randn_like(sigma)
 
 
 class PositionAttention(nn.Module):
@@ -59,31 +65,43 @@ class FrontDoorHead(nn.Module):
     average pool → Linear(·, 2·ib_dim) giving μ and s, σ = softplus(s − 5) → ẑ = μ + σ·ε → Linear → logits.
 
     At evaluation ẑ = μ (``eval_sample=False``, default) or a sample as the reference does.
+    Ablations: ``attention`` keeps both modules (``"both"``) or only ``"channel"`` / ``"position"``
+    attention (the other is not built); ``bottleneck=False`` feeds the pooled attention features straight
+    into a Linear classifier (no μ, σ, sampling or KL term: ``forward`` returns None for them).
     """
 
     def __init__(self, channels: int, num_classes: int, ib_dim: int = 512, aggregation: str = "sum",
-                 eval_sample: bool = False, fused_channel_attention: bool = True):
+                 eval_sample: bool = False, fused_channel_attention: bool = True, attention: str = "both",
+                 bottleneck: bool = True):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}: choose one of {list(AGGREGATIONS)}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}: choose one of {list(ATTENTIONS)}")
         self.aggregation = aggregation
         self.eval_sample = eval_sample
         self.ib_dim = ib_dim
-        self.pam = PositionAttention(channels)
-        self.cam = ChannelAttention(fused=fused_channel_attention)
-        self.encoder = nn.Linear(channels * (2 if aggregation == "concat" else 1), 2 * ib_dim)
-        self.decoder = nn.Linear(ib_dim, num_classes)
+        self.pam = PositionAttention(channels) if attention in ("both", "position") else None
+        self.cam = ChannelAttention(fused=fused_channel_attention) if attention in ("both", "channel") else None
+        width = channels * (2 if aggregation == "concat" and attention == "both" else 1)
+        self.encoder = nn.Linear(width, 2 * ib_dim) if bottleneck else None
+        self.decoder = nn.Linear(ib_dim if bottleneck else width, num_classes)
 
     def attend(self, fmap: torch.Tensor) -> torch.Tensor:
-        if self.aggregation == "sum":
-            return self.cam(fmap) + self.pam(fmap)
-        return torch.cat([self.cam(fmap), self.pam(fmap)], 1)
+        parts = [m(fmap) for m in (self.cam, self.pam) if m is not None]
+        if len(parts) == 1:
+            return parts[0]
+        return parts[0] + parts[1] if self.aggregation == "sum" else torch.cat(parts, 1)
 
-    def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        stats = self.encoder(self.attend(fmap).mean((2, 3)))
+    def forward(self, fmap: torch.Tensor):
+        """(logits, μ, σ); μ and σ are None without the bottleneck."""
+        feats = self.attend(fmap).mean((2, 3))
+        if self.encoder is None:
+            return self.decoder(feats), None, None
+        stats = self.encoder(feats)
         mu, s = stats[:, :self.ib_dim], stats[:, self.ib_dim:]
         sigma = F.softplus(s - 5, beta=1)
-        z = mu + sigma * torch.randn_like(sigma) if (self.training or self.eval_sample) else mu
+        z = mu + sigma * ib_noise(sigma) if (self.training or self.eval_sample) else mu
         return self.decoder(z), mu, sigma
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from .slot_norm import slot_batchnorm
+
 REF_CHANNELS = 2048          # ResNet-50: 9 slices of 30 channels, starts every 250 ranks
 REF_SLICE_WIDTH = 30
 REF_SLICE_STRIDE = 250
@@ -135,18 +137,31 @@ def search_patches(fmap: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     return PatchSearch(peak_boxes(maps, geo, image_hw), conf, maps)
 
 
+PATCH_FORWARDS = ("grouped", "batched", "per_slot")
+
+
 def embed_patches(features, head_weight: torch.Tensor, head_bias: torch.Tensor, crops: torch.Tensor,
-                  per_slot: bool = False) -> torch.Tensor:
+                  mode: str = "grouped", module: torch.nn.Module | None = None) -> torch.Tensor:
     """(B, P, C) L2-normalised logit-space embeddings of the crops.
 
     ``features(x)`` maps images to pooled features (B, D). The head is applied with detached weights
-    (the reference's deep copy of the head): gradients reach the encoder, not the head.
-    ``per_slot=True`` runs one forward per patch slot as the reference does (BN statistics per slot);
-    the default runs all B·P crops in one forward.
+    (the reference's deep copy of the head): gradients reach the encoder, not the head. ``mode``:
+
+    - ``"grouped"`` (default): all B·P crops in one forward, with BatchNorm statistics per slot (B crops
+      each) in every BatchNorm layer of ``module`` — the reference's numbers (see ``slot_norm``);
+    - ``"per_slot"``: one forward per slot, as the reference code does;
+    - ``"batched"``: all crops in one forward with BatchNorm statistics over all B·P crops (a departure).
     """
+    if mode not in PATCH_FORWARDS:
+        raise ValueError(f"unknown patch_forward {mode!r}: choose one of {list(PATCH_FORWARDS)}")
     B, P = crops.shape[:2]
-    if per_slot:
+    if mode == "per_slot":
         h = torch.stack([features(crops[:, p].contiguous()) for p in range(P)], 1)   # (B, P, D)
-    else:
+    elif mode == "batched":
         h = features(crops.flatten(0, 1)).view(B, P, -1)
+    else:
+        if module is None:
+            raise ValueError("patch_forward 'grouped' needs the encoder module whose BatchNorm layers to group")
+        with slot_batchnorm(module, P):
+            h = features(crops.transpose(0, 1).flatten(0, 1)).view(P, B, -1).transpose(0, 1)
     return F.normalize(F.linear(h, head_weight.detach(), head_bias.detach()), dim=-1)

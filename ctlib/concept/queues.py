@@ -9,17 +9,20 @@ import torch.nn.functional as F
 class ClassQueues(nn.Module):
     """``queue_z`` (dim × C × K): K image-level key embeddings per class, feature dim first as in the
     reference; ``queue_h`` (C × K × P × dim): K key-side sets of P patch embeddings per class.
-    Both start random normal, L2-normalised over the feature dim, and share one pointer per class."""
+    Both start random normal, L2-normalised over the feature dim, and share one pointer per class.
+    ``image=False`` / ``concept=False`` leave that queue out (an ablation that does not use it)."""
 
-    def __init__(self, num_classes: int, K: int, dim: int, num_patches: int):
+    def __init__(self, num_classes: int, K: int, dim: int, num_patches: int, image: bool = True,
+                 concept: bool = True):
         super().__init__()
         self.num_classes, self.K = num_classes, K
-        self.register_buffer("queue_z", F.normalize(torch.randn(dim, num_classes, K), dim=0))
-        self.register_buffer("queue_h", F.normalize(torch.randn(num_classes, K, num_patches, dim), dim=-1))
+        self.register_buffer("queue_z", F.normalize(torch.randn(dim, num_classes, K), dim=0) if image else None)
+        self.register_buffer("queue_h", F.normalize(torch.randn(num_classes, K, num_patches, dim), dim=-1)
+                             if concept else None)
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
 
     @torch.no_grad()
-    def enqueue(self, z: torch.Tensor, h: torch.Tensor, labels: torch.Tensor) -> None:
+    def enqueue(self, z: torch.Tensor | None, h: torch.Tensor | None, labels: torch.Tensor) -> None:
         """Write the batch's keys in batch order, each at its class's pointer, which advances by one
         modulo K per sample — the reference's sample-by-sample enqueue, in one indexed write."""
         C, K = self.num_classes, self.K
@@ -29,6 +32,8 @@ class ClassQueues(nn.Module):
         keep = rank >= counts[labels] - K       # with more than K of a class, the last K writes win
         pos = (self.ptr[labels] + rank) % K
         lab, pos = labels[keep], pos[keep]
-        self.queue_z[:, lab, pos] = z.detach()[keep].T.to(self.queue_z.dtype)
-        self.queue_h[lab, pos] = h.detach()[keep].to(self.queue_h.dtype)
+        if self.queue_z is not None:
+            self.queue_z[:, lab, pos] = z.detach()[keep].T.to(self.queue_z.dtype)
+        if self.queue_h is not None:
+            self.queue_h[lab, pos] = h.detach()[keep].to(self.queue_h.dtype)
         self.ptr.copy_((self.ptr + counts) % K)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..concept import (ClassQueues, FrontDoorHead, PatchGeometry, check_confusing, concept_contrastive_loss,
+from ..concept import (PATCH_FORWARDS, ClassQueues, FrontDoorHead, PatchGeometry, check_confusing, concept_contrastive_loss,
                        concept_logits, crop_patches, embed_patches, ib_kl, image_contrastive_loss, search_patches)
 from .base import Method, pooled
 
@@ -45,7 +45,9 @@ class ConceptTuningSettings:
     slice_width: int | None = None   # default: 30 at 2048 channels, scaled
     slice_stride: int | None = None  # default: 250 at 2048 channels, scaled
     box_size: int | None = None      # default: 64 px at 224 px input, scaled
-    patch_forward: str = "batched"   # "batched": all crops in one forward; "per_slot": one per slot (reference)
+    patch_forward: str = "grouped"   # "grouped": all crops in one forward, BN statistics per slot (the
+                                     # reference's numbers); "per_slot": one forward per slot (the reference's
+                                     # structure); "batched": one forward, BN statistics over all crops
     bn_momentum: float | None = 0.1  # query-encoder BN momentum outside the patch pass: the reference's
                                      # recover_bn sets 0.1 every step; None keeps the backbone's own
     sinkhorn_eps: float = 0.01
@@ -53,6 +55,25 @@ class ConceptTuningSettings:
     sinkhorn_tol: float = 1e-3
     pos_top: int = 3
     neg_top: int = 10
+    # ablation switches (each part switched off is not computed at all)
+    concept_loss: bool = True      # False: no concept-level loss (no patch search, crops, Sinkhorn, queue_h)
+    image_loss: bool = True        # False: no image-level loss (no key forward on v1, no queue_z)
+    frontdoor: bool = True         # False: no front-door head (the main head alone; no IB losses)
+    bottleneck: bool = True        # False: attention features straight into the front-door classifier
+    attention: str = "both"        # front-door attention modules: "both", "channel" or "position"
+
+    def __post_init__(self):
+        checks = {"K": self.K >= 1, "m": 0.0 <= self.m < 1.0, "T": self.T > 0, "ib_dim": self.ib_dim >= 1,
+                  "num_patches": self.num_patches >= 1, "pos_top": self.pos_top >= 1, "neg_top": self.neg_top >= 1,
+                  "sinkhorn_eps": self.sinkhorn_eps > 0, "sinkhorn_iters": self.sinkhorn_iters >= 1,
+                  "trade_off": self.trade_off >= 0, "beta": self.beta >= 0, "infow": self.infow >= 0,
+                  "smoothing": 0.0 <= self.smoothing < 1.0}
+        ranges = {"K": ">= 1", "m": "in [0, 1)", "T": "> 0", "ib_dim": ">= 1", "num_patches": ">= 1",
+                  "pos_top": ">= 1", "neg_top": ">= 1", "sinkhorn_eps": "> 0", "sinkhorn_iters": ">= 1",
+                  "trade_off": ">= 0", "beta": ">= 0", "infow": ">= 0", "smoothing": "in [0, 1)"}
+        bad = [f"{k}={getattr(self, k)!r} (must be {ranges[k]})" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid Concept-Tuning setting(s): " + "; ".join(bad))
 
 
 class _Encoder(nn.Module):
@@ -96,32 +117,33 @@ class ConceptTuning(Method):
                  settings: ConceptTuningSettings | None = None):
         super().__init__()
         s = self.settings = settings or ConceptTuningSettings()
-        check_confusing(s.confusing, num_classes)
-        if s.patch_forward not in ("batched", "per_slot"):
-            raise ValueError(f"unknown patch_forward {s.patch_forward!r}: choose 'batched' or 'per_slot'")
+        if s.concept_loss:
+            check_confusing(s.confusing, num_classes)
+        if s.patch_forward not in PATCH_FORWARDS:
+            raise ValueError(f"unknown patch_forward {s.patch_forward!r}: choose one of {list(PATCH_FORWARDS)}")
         self.num_classes = num_classes
         self.geometry = PatchGeometry.derive(backbone.channels, image_size, backbone.stride, s.num_patches,
                                              s.anchor, s.slice_width, s.slice_stride, s.box_size)
         self.encoder_q = _Encoder(backbone, num_classes)
-        self.frontdoor = FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib,
-                                       s.fused_channel_attention)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for p in self.encoder_k.parameters():
-            p.requires_grad_(False)
+        self.frontdoor = (FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib,
+                                        s.fused_channel_attention, s.attention, s.bottleneck)
+                          if s.frontdoor else None)
+        self.encoder_k = self.queues = None
+        if s.concept_loss or s.image_loss:      # the key encoder and queues serve the two contrastive losses
+            self.encoder_k = copy.deepcopy(self.encoder_q)
+            for p in self.encoder_k.parameters():
+                p.requires_grad_(False)
+            self.queues = ClassQueues(num_classes, s.K, num_classes, self.geometry.num_patches, image=s.image_loss,
+                                      concept=s.concept_loss)
         if s.bn_momentum is not None:
             _set_bn_momentum(self.encoder_q, s.bn_momentum)
-        self.queues = ClassQueues(num_classes, s.K, num_classes, self.geometry.num_patches)
 
     # ---- optimiser -------------------------------------------------------------------------------
     def param_groups(self, lr, backbone_lr_mult):
         q = self.encoder_q
+        heads = list(q.head.parameters()) + (list(self.frontdoor.parameters()) if self.frontdoor else [])
         return [{"params": list(q.backbone.body.parameters()), "lr": lr * backbone_lr_mult},
-                {"params": list(q.head.parameters()) + list(self.frontdoor.parameters()), "lr": lr}]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.encoder_k.train(mode)   # the key encoder always runs in training mode while training
-        return self
+                {"params": heads, "lr": lr}]
 
     # ---- pieces ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,7 +162,7 @@ class ConceptTuning(Method):
     def _embed(self, encoder: _Encoder, images, boxes):
         crops = crop_patches(images, boxes, self.geometry)
         return embed_patches(lambda x: pooled(encoder.backbone(x)), encoder.head.weight, encoder.head.bias,
-                             crops, per_slot=self.settings.patch_forward == "per_slot")
+                             crops, self.settings.patch_forward, encoder.backbone)
 
     def concept_weight(self, epoch: int) -> float:
         return self.settings.beta if epoch > self.settings.start_epoch else 0.0
@@ -149,49 +171,62 @@ class ConceptTuning(Method):
     def training_step(self, views, labels, epoch):
         s = self.settings
         v0, v1, v2, v3 = views
-        search_q = self._search(v2, labels)                  # key encoder before its update
-        with torch.no_grad():
-            self.momentum_update()
-            y_k, _ = self.encoder_k(v1)
-            z_k = F.normalize(y_k, dim=1)
-            search_k = self._search(v3, labels)
-            e_k = self._embed(self.encoder_k, v3, search_k.boxes)
-        # the image-level loss is back-propagated after the enqueue below: keep the queue it saw
-        queue_z, queue_h = self.queues.queue_z.clone(), self.queues.queue_h
-
-        # concept branch: query encoder on the crops of v2, BN batch statistics, running stats untouched
-        bn = _set_bn_momentum(self.encoder_q, 0.0)
-        try:
-            e_q = self._embed(self.encoder_q, v2, search_q.boxes)
-        finally:
-            _restore_bn_momentum(self.encoder_q, bn)
-        c_logits, iters = concept_logits(e_q, e_k, queue_h, labels, search_q.confusing, s.sinkhorn_eps,
-                                         s.sinkhorn_iters, s.sinkhorn_tol, s.pos_top, s.neg_top)
-        loss_concept = concept_contrastive_loss(c_logits, s.K, s.T)
         beta = self.concept_weight(epoch)
-        if beta and loss_concept.requires_grad:
-            (beta * loss_concept).backward()
+        if s.concept_loss:
+            search_q = self._search(v2, labels)                  # key encoder before its update
+        if self.encoder_k is not None:
+            with torch.no_grad():
+                self.momentum_update()
+                if s.image_loss:
+                    z_k = F.normalize(self.encoder_k(v1)[0], dim=1)
+                if s.concept_loss:
+                    search_k = self._search(v3, labels)
+                    e_k = self._embed(self.encoder_k, v3, search_k.boxes)
+        parts = {}
+        if s.concept_loss:
+            # query encoder on the crops of v2, BN batch statistics, running statistics untouched
+            bn = _set_bn_momentum(self.encoder_q, 0.0)
+            try:
+                e_q = self._embed(self.encoder_q, v2, search_q.boxes)
+            finally:
+                _restore_bn_momentum(self.encoder_q, bn)
+            c_logits, iters = concept_logits(e_q, e_k, self.queues.queue_h, labels, search_q.confusing,
+                                             s.sinkhorn_eps, s.sinkhorn_iters, s.sinkhorn_tol, s.pos_top, s.neg_top)
+            loss_concept = concept_contrastive_loss(c_logits, s.K, s.T)
+            if beta and loss_concept.requires_grad:
+                (beta * loss_concept).backward()     # frees the concept branch before the full-image one
+            parts.update(concept=loss_concept.item(), sinkhorn_iters=iters)
 
         # full-image branch
         y_q, fmap = self.encoder_q(v0)
-        ib_logits, mu, sigma = self.frontdoor(fmap)
         loss_cls = F.cross_entropy(y_q, labels, label_smoothing=s.smoothing)
-        loss_img = image_contrastive_loss(F.normalize(y_q, dim=1), z_k, queue_z, labels, s.T)
-        loss_ib = F.cross_entropy(ib_logits, labels, label_smoothing=s.smoothing)
-        loss_kl = ib_kl(mu, sigma, s.kl_form)
-        rest = loss_cls + s.trade_off * loss_img + loss_ib + s.infow * loss_kl
-
-        self.queues.enqueue(z_k, e_k, labels)
-        total = rest.detach() + beta * loss_concept.detach()
-        return {"loss": rest, "total": total.item(), "cls": loss_cls.item(), "img": loss_img.item(),
-                "concept": loss_concept.item(), "ib_cls": loss_ib.item(), "ib_kl": loss_kl.item(),
-                "acc": (y_q.argmax(1) == labels).float().mean().item(),
-                "ib_acc": (ib_logits.argmax(1) == labels).float().mean().item(), "sinkhorn_iters": iters}
+        rest = loss_cls
+        parts.update(cls=loss_cls.item(), acc=(y_q.argmax(1) == labels).float().mean().item())
+        if s.image_loss:
+            # back-propagated after the enqueue below: keep the queue it saw
+            loss_img = image_contrastive_loss(F.normalize(y_q, dim=1), z_k, self.queues.queue_z.clone(), labels, s.T)
+            rest = rest + s.trade_off * loss_img
+            parts["img"] = loss_img.item()
+        if self.frontdoor is not None:
+            ib_logits, mu, sigma = self.frontdoor(fmap)
+            loss_ib = F.cross_entropy(ib_logits, labels, label_smoothing=s.smoothing)
+            rest = rest + loss_ib
+            parts.update(ib_cls=loss_ib.item(), ib_acc=(ib_logits.argmax(1) == labels).float().mean().item())
+            if mu is not None:
+                loss_kl = ib_kl(mu, sigma, s.kl_form)
+                rest = rest + s.infow * loss_kl
+                parts["ib_kl"] = loss_kl.item()
+        if self.queues is not None:
+            self.queues.enqueue(z_k if s.image_loss else None, e_k if s.concept_loss else None, labels)
+        total = rest.item() + (beta * parts["concept"] if s.concept_loss else 0.0)
+        return {"loss": rest, "total": total, **parts}
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def heads(self, images):
         y, fmap = self.encoder_q(images)
+        if self.frontdoor is None:
+            return {"main": y}
         return {"main": y, "ib": self.frontdoor(fmap)[0]}
 
     @torch.no_grad()
@@ -200,6 +235,8 @@ class ConceptTuning(Method):
         training, the key encoder uses batch statistics; its running statistics and the global random
         state are left alone, and any training-mode randomness (drop-connect) is seeded: same images,
         same boxes."""
+        if self.encoder_k is None:
+            raise ValueError("find_concepts needs the key encoder, which this ablation (no contrastive loss) lacks")
         was = self.encoder_k.training
         self.encoder_k.train()
         bn = _set_bn_momentum(self.encoder_k, 0.0)
