@@ -80,8 +80,38 @@ def add_run_commands(sub) -> None:
     run.set_defaults(func=_run)
 
 
+def _convert_moco(args: argparse.Namespace) -> int:
+    from ctlib.models import PretrainedWeightsError, convert_moco
+    from ctlib.models.checkpoints import summarize
+
+    try:
+        done = convert_moco(args.src, args.dest, keep_fc=args.keep_fc)
+    except PretrainedWeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    fc = ", ".join(done["fc"]) or "none"
+    print(f"wrote {args.dest}: {len(done['kept'])} tensors of module.encoder_q (prefix stripped)")
+    print(f"MoCo projection fc ({fc}): {'kept' if args.keep_fc else 'dropped'}")
+    print(f"dropped (not the query encoder): {summarize(done['dropped'])}")
+    return EXIT_OK
+
+
+def add_convert_commands(sub) -> None:
+    conv = sub.add_parser(
+        "convert-moco", help="convert a MoCo training checkpoint to a backbone state dict",
+        description="Keep the query encoder of a MoCo v1/v2 training checkpoint (facebookresearch/moco: "
+                    "keys module.encoder_q.*), strip that prefix and write torchvision-keyed backbone weights "
+                    "to DEST, without the key encoder, the queue and (unless --keep-fc) MoCo's projection fc. "
+                    "DEST works as `pretrained` (as does SRC itself).")
+    conv.add_argument("src", metavar="SRC", help="MoCo training checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar)")
+    conv.add_argument("dest", metavar="DEST", help="output file")
+    conv.add_argument("--keep-fc", action="store_true",
+                      help="also keep the projection fc.* (a 128-d head, not a class head; never a source_head)")
+    conv.set_defaults(func=_convert_moco)
+
+
 #: every subcommand group; add new ones here
-COMMANDS: list[Callable] = [add_data_commands, add_run_commands]
+COMMANDS: list[Callable] = [add_data_commands, add_run_commands, add_convert_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

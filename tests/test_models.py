@@ -14,12 +14,13 @@ def test_feature_map_channels_and_stride(name, channels):
         f = bb(torch.randn(1, 3, 96, 96))
     assert (bb.channels, bb.stride) == (channels, 32)
     assert f.shape == (1, channels, 3, 3)
-    assert bb.source_head.in_features == channels and bb.source_head.out_features == 1000
+    assert bb.source_head is None                          # random init: no ImageNet classifier
 
 
 def test_efficientnet_lite0_packaged_imagenet_weights_load_offline():
     bb = build_backbone("efficientnet_lite0", pretrained=True).eval()
     assert bb.pretrained == "imagenet" and bb.mean == (0.5, 0.5, 0.5)
+    assert (bb.source_head.in_features, bb.source_head.out_features) == (1280, 1000)
     # real weights: BN statistics are not the (0, 1) of an untrained network
     bn = bb.body.net._bn0
     assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))

