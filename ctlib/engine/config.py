@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 # settings that do not change what a run computes: not part of its identity
-NON_IDENTITY = ("download", "device", "num_workers", "results_dir", "progress", "keep_checkpoint", "eval_batch_size")
+NON_IDENTITY = ("recipe", "download", "device", "num_workers", "results_dir", "progress", "keep_checkpoint", "eval_batch_size")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class RunConfig:
     color_jitter: bool = False
     seed: int = 0
     skip_bad_images: bool = False        # drop unreadable images (counted in the record) instead of failing
+    recipe: dict = field(default_factory=dict)   # where the settings come from: name, source, note (ctlib.recipes)
     # not part of the run's identity
     download: bool = False               # let torchvision download the dataset first (users' machines)
     device: str = "cpu"

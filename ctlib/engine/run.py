@@ -217,7 +217,8 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
         save_torch_atomic(run.state(epoch + 1, history, elapsed), ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
-    record = {"schema": 1, "run_id": config.run_id(), "config": asdict(config), "config_hash": config.hash(),
+    record = {"schema": 1, "run_id": config.run_id(), "recipe": config.recipe or None,
+              "config": asdict(config), "config_hash": config.hash(),
               "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
               "data": run.data_info(), "history": history, "final": final_metrics(history),
               "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
