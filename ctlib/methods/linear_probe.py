@@ -1,0 +1,59 @@
+"""Linear probing (BASELINES.md §2.2; not in TLlib): the pre-trained backbone frozen, only a new head trained.
+
+The backbone's parameters have ``requires_grad = False`` and the backbone stays in eval mode even while
+the method trains (``train()`` is overridden): BN normalises with, and never updates, its running
+statistics, and drop-connect/dropout are off, so the features are exactly the pre-trained model's.
+A plain ``model.train()`` would turn the probe into BN adaptation. Features are recomputed on every
+(augmented) view; caching features of val-transformed images would be a different, faster variant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Method, pooled
+
+
+@dataclass
+class LinearProbeSettings:
+    smoothing: float = 0.0   # label smoothing of the cross-entropy
+
+
+class LinearProbe(Method):
+    name = "linear_probe"
+    view_kinds = ("image",)
+    Settings = LinearProbeSettings
+
+    def __init__(self, backbone, num_classes: int, image_size: int = 224,
+                 settings: LinearProbeSettings | None = None):
+        super().__init__()
+        self.settings = settings or LinearProbeSettings()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Linear(backbone.channels, num_classes)  # PyTorch default init, as ERM
+        self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()          # frozen features: BN on running statistics, whatever the mode
+        return self
+
+    def param_groups(self, lr, backbone_lr_mult):
+        return [{"params": list(self.head.parameters()), "lr": lr}]   # head only, at 1x
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return pooled(self.backbone(images))
+
+    def training_step(self, views, labels, epoch):
+        logits = self.head(self.features(views[0]))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.settings.smoothing)
+        return {"loss": loss, "cls": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def heads(self, images):
+        return {"main": self.head(self.features(images))}
