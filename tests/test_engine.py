@@ -48,6 +48,7 @@ def test_record_contents_and_protocols(tmp_path):
     best = max(max(e["test"][k]["top1"] for k in e["test"]) for e in rec["history"])
     assert rec["final"]["reference"]["top1"] == best
     assert rec["final"]["main_last"]["top1"] == rec["history"][-1]["test"]["main"]["top1"]
+    assert "IB head evaluated with its mean μ" in rec["final"]["reference"]["protocol"]
     assert rec["data"]["val_images"] > 0 and rec["data"]["train_images"] + rec["data"]["val_images"] == 300
     assert rec["data"]["train"]["sample_list_checksum"]
     assert rec["versions"]["torch"] == torch.__version__ and rec["peak_memory"]["cpu_max_rss_mb"] > 0
@@ -101,3 +102,5 @@ def test_final_metrics_reference_protocol_takes_max_over_heads_and_epochs():
     assert (f["reference"]["top1"], f["reference"]["epoch"], f["reference"]["head"]) == (60.0, 1, "ib")
     assert (f["main_last"]["top1"], f["main_last"]["epoch"]) == (55.0, 2)
     assert "val_selected" not in f
+    assert f["reference"]["protocol"] == "max over heads and epochs of test top-1 (reference code)"
+    assert final_metrics(hist, "IB head evaluated with μ")["reference"]["protocol"].endswith("; IB head evaluated with μ")

@@ -158,13 +158,15 @@ class Run:
         set_rng_state(state["rng"])
 
 
-def final_metrics(history: list) -> dict:
-    """Final numbers under each reporting protocol (METHOD.md Decision 10), each labelled."""
+def final_metrics(history: list, note: str | None = None) -> dict:
+    """Final numbers under each reporting protocol (METHOD.md Decision 10), each labelled; ``note`` says
+    how the evaluation departs from the reference code (added to the reference protocol's label)."""
     last = history[-1]
     best = max(((h["test"][head]["top1"], -h["epoch"], head, h) for h in history for head in h["test"]),
                key=lambda t: t[:2])
     out = {"reference": {**best[3]["test"][best[2]], "epoch": best[3]["epoch"], "head": best[2],
-                         "protocol": "max over heads and epochs of test top-1 (reference code)"},
+                         "protocol": "max over heads and epochs of test top-1 (reference code)"
+                                     + (f"; {note}" if note else "")},
            "main_last": {**last["test"]["main"], "epoch": last["epoch"], "head": "main",
                          "protocol": "main head, last epoch"}}
     if "val" in last:
@@ -220,7 +222,7 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
     record = {"schema": 1, "run_id": config.run_id(), "recipe": config.recipe or None,
               "config": asdict(config), "config_hash": config.hash(),
               "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
-              "data": run.data_info(), "history": history, "final": final_metrics(history),
+              "data": run.data_info(), "history": history, "final": final_metrics(history, run.method.protocol_note()),
               "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(record_path, record)

@@ -40,6 +40,10 @@ class Method(nn.Module):
     def heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def protocol_note(self) -> str | None:
+        """How this method's evaluation departs from its reference code, for the record's protocol labels."""
+        return None
+
 
 def pooled(fmap: torch.Tensor) -> torch.Tensor:
     """The reference 'bottleneck': global average pool + flatten."""

@@ -229,6 +229,12 @@ class ConceptTuning(Method):
             return {"main": y}
         return {"main": y, "ib": self.frontdoor(fmap)[0]}
 
+    def protocol_note(self):
+        if self.frontdoor is not None and not self.settings.eval_sample_ib:
+            return ("IB head evaluated with its mean μ; the authors' code samples ε at evaluation "
+                    "(eval_sample_ib=True reproduces it)")
+        return None
+
     @torch.no_grad()
     def find_concepts(self, images, labels):
         """Concept boxes the key encoder finds on ``images`` (for display): a PatchSearch. As in
