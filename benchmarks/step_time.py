@@ -41,6 +41,21 @@ METHODS = ("erm", "concept_tuning")
 SHORT = {"erm": "erm", "concept_tuning": "ct"}
 
 
+def split_spec(spec: str) -> tuple[str, dict]:
+    """'concept_tuning[patch_forward=batched;K=8]' → ('concept_tuning', {'patch_forward': 'batched', 'K': 8})."""
+    if "[" not in spec:
+        return spec, {}
+    name, rest = spec.split("[", 1)
+    pairs = [kv for kv in rest.rstrip("]").split(";") if kv.strip()]
+    return name, {k.strip(): _parse_value(v.strip()) for k, v in (kv.split("=", 1) for kv in pairs)}
+
+
+def short(spec: str) -> str:
+    name, extra = split_spec(spec)
+    base = SHORT.get(name, name)
+    return base + ("[" + ";".join(f"{k}={v}" for k, v in extra.items()) + "]" if extra else "")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=200)
     p.add_argument("--confusing", type=int, default=None, help="Concept-Tuning confusing classes (default classes-1)")
     p.add_argument("--K", type=int, default=40, help="Concept-Tuning queue length per class")
-    p.add_argument("--patch-forward", choices=("batched", "per_slot"), default=None,
+    p.add_argument("--patch-forward", choices=("grouped", "batched", "per_slot"), default=None,
                    help="Concept-Tuning patch_forward setting (default: the method's default)")
     p.add_argument("--ct", action="append", default=[], metavar="KEY=VALUE",
                    help="any other ConceptTuningSettings field (repeatable), e.g. --ct sinkhorn_iters=100")
@@ -61,17 +76,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "over them and the peak is their maximum; >1 evens out load from other processes")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP/MKL threads)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated method specs: a name of ctlib.methods.METHODS, optionally with settings "
+                        "in brackets, e.g. 'erm,concept_tuning[patch_forward=batched],concept_tuning' (the first "
+                        "spec is the baseline of the ratios)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-step progress on stderr")
-    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.confusing is None:
         a.confusing = a.classes - 1
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    for m in a.methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r}: choose from {METHODS}")
     if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
         p.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     return a
@@ -91,9 +106,10 @@ def _parse_value(text: str):
     return text
 
 
-def method_settings(a: argparse.Namespace, method: str) -> dict:
+def method_settings(a: argparse.Namespace, spec: str) -> dict:
+    method, extra = split_spec(spec)
     if method != "concept_tuning":
-        return {}
+        return extra
     s = {"K": a.K, "confusing": a.confusing}
     if a.patch_forward is not None:
         s["patch_forward"] = a.patch_forward
@@ -102,7 +118,7 @@ def method_settings(a: argparse.Namespace, method: str) -> dict:
             raise SystemExit(f"--ct expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         s[k.strip()] = _parse_value(v.strip())
-    return s
+    return {**s, **extra}
 
 
 # ---- child -----------------------------------------------------------------------------------------
@@ -129,9 +145,10 @@ def worker(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     device = torch.device(a.device)
-    name = a.worker
-    settings = method_settings(a, name)
-    log = (lambda *x: None) if a.quiet else (lambda *x: print(f"[{SHORT[name]}]", *x, file=sys.stderr, flush=True))
+    spec = a.worker
+    name = split_spec(spec)[0]
+    settings = method_settings(a, spec)
+    log = (lambda *x: None) if a.quiet else (lambda *x: print(f"[{short(spec)}]", *x, file=sys.stderr, flush=True))
 
     t0 = time.perf_counter()
     backbone = build_backbone(a.backbone, pretrained=False)
@@ -174,7 +191,7 @@ def worker(a: argparse.Namespace) -> dict:
         log(f"{'step' if timed else 'warm-up'} {i + 1}/{a.warmup + a.steps}: {dt:.3f}s "
             f"(CPU {dc:.2f}s, RSS {_rss_mb():.0f} MB, peak {_maxrss_mb():.0f} MB)")
 
-    res = {"method": name, "step_s": statistics.median(times), "step_times_s": [round(t, 4) for t in times],
+    res = {"method": spec, "step_s": statistics.median(times), "step_times_s": [round(t, 4) for t in times],
            "step_cpu_s": statistics.median(cpu_times),
            "peak_mb": round(_maxrss_mb(), 1), "model_mb": round(model_mb, 1), "build_s": round(build_s, 2),
            "settings": settings,
@@ -227,12 +244,12 @@ def main(argv=None) -> None:
     for r in range(a.repeats):
         for m in a.methods:
             if a.repeats > 1 and not a.quiet:
-                print(f"[{SHORT[m]}] repeat {r + 1}/{a.repeats}", file=sys.stderr, flush=True)
+                print(f"[{short(m)}] repeat {r + 1}/{a.repeats}", file=sys.stderr, flush=True)
             runs[m].append(run_child(a, m, argv))
     res = {m: merge_runs(rs) for m, rs in runs.items()}
     out = {}
     for m, r in res.items():
-        k = SHORT[m]
+        k = short(m)
         out[f"{k}_step_s"] = round(r["step_s"], 4)
         out[f"{k}_peak_mb"] = r["peak_mb"]
         out[f"{k}_model_mb"] = r["model_mb"]
@@ -253,11 +270,15 @@ def main(argv=None) -> None:
             out["cuda_memory_ratio"] = round(c["cuda_peak_mb"] / e["cuda_peak_mb"], 3)
         if "sinkhorn_iters" in c.get("last_step", {}):
             out["ct_sinkhorn_iters"] = c["last_step"]["sinkhorn_iters"]
+    base = res[a.methods[0]]
+    out["relative_to"] = a.methods[0]
+    out["ratios"] = {short(m): {"time": round(r["step_s"] / base["step_s"], 3),
+                                "cpu_time": round(r["step_cpu_s"] / base["step_cpu_s"], 3),
+                                "memory": round(r["peak_mb"] / base["peak_mb"], 3)} for m, r in res.items()}
     out["settings"] = {"backbone": a.backbone, "size": a.size, "batch": a.batch, "classes": a.classes,
                        "confusing": a.confusing, "K": a.K, "steps": a.steps, "warmup": a.warmup,
                        "repeats": a.repeats,
-                       "device": a.device, "ct": res["concept_tuning"]["settings"] if "concept_tuning" in res
-                       else method_settings(a, "concept_tuning")}
+                       "device": a.device, "methods": {short(m): r["settings"] for m, r in res.items()}}
     out["threads"] = a.threads
     out["torch"] = torch.__version__
     out["cpu_count"] = os.cpu_count()
@@ -268,10 +289,15 @@ def main(argv=None) -> None:
           f"{a.threads} threads, {a.device}; median of {a.steps} steps after {a.warmup} warm-up"
           + (f", {a.repeats} processes per method" if a.repeats > 1 else ""))
     for m, r in res.items():
-        print(f"  {m:15s} step {r['step_s']:8.3f} s (fastest {min(r['step_times_s']):.3f} s, "
+        print(f"  {short(m):32s} step {r['step_s']:8.3f} s (fastest {min(r['step_times_s']):.3f} s, "
               f"CPU {r['step_cpu_s']:.2f} s)   peak RSS {r['peak_mb']:8.0f} MB "
               f"(after build {r['model_mb']:.0f} MB)"
               + (f"   CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""))
+    if len(res) > 2 or "time_ratio" not in out:
+        for m in res:
+            q = out["ratios"][short(m)]
+            print(f"  {short(m)} / {short(a.methods[0])}: time {q['time']:.2f}x (CPU time {q['cpu_time']:.2f}x), "
+                  f"peak memory {q['memory']:.2f}x")
     if "time_ratio" in out:
         print(f"  concept_tuning / erm: time {out['time_ratio']:.2f}x (CPU time {out['cpu_time_ratio']:.2f}x), "
               f"peak memory {out['memory_ratio']:.2f}x; fastest steps {out['time_ratio_fastest']:.2f}x")
