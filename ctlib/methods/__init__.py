@@ -1,9 +1,12 @@
 """Fine-tuning methods behind one interface (see base.py)."""
-from .base import Method
+from .base import Method, PrepareContext
+from .co_tuning import CoTuning, CoTuningSettings
 from .concept_tuning import ConceptTuning, ConceptTuningSettings
+from .delta import DELTA, DELTASettings
 from .erm import ERM, ERMSettings
+from .lwf import LWF, LWFSettings
 
-METHODS = {m.name: m for m in (ERM, ConceptTuning)}
+METHODS = {m.name: m for m in (ERM, ConceptTuning, CoTuning, LWF, DELTA)}
 
 
 def build_method(name: str, backbone, num_classes: int, image_size: int, settings: dict | None = None) -> Method:
@@ -13,4 +16,5 @@ def build_method(name: str, backbone, num_classes: int, image_size: int, setting
     return cls(backbone, num_classes, image_size, cls.make_settings(settings))
 
 
-__all__ = ["Method", "ConceptTuning", "ConceptTuningSettings", "ERM", "ERMSettings", "METHODS", "build_method"]
+__all__ = ["Method", "PrepareContext", "ConceptTuning", "ConceptTuningSettings", "ERM", "ERMSettings", "CoTuning",
+           "CoTuningSettings", "LWF", "LWFSettings", "DELTA", "DELTASettings", "METHODS", "build_method"]
