@@ -4,7 +4,10 @@
 - a finished run (its record exists with the same config hash) is returned, not re-run;
 - an interrupted run resumes from its last epoch checkpoint (model, optimiser, scheduler, queues,
   history, RNG states) and ends with the same record as an uninterrupted run on CPU;
-- a checkpoint written by a different config is an error naming the differing settings.
+- a checkpoint written by a different config is an error naming the differing settings;
+- a method with a pre-pass (``Method.prepare``) gets it computed once, before training, under a seed
+  derived from the run's, and cached in the run folder (``prepare.pt``, keyed by the config hash): a
+  resumed run loads it instead of recomputing it.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import build_dataset, eval_view, training_views
+from ..data import build_dataset, eval_view, train_view, training_views
 from ..methods import build_method
+from ..methods.base import Method, PrepareContext
 from ..models import build_backbone
 from ..records import RECORD_NAME, read_record, save_torch_atomic, write_json_atomic
 from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
@@ -33,6 +37,7 @@ from .sampler import EpochBatches
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
+PREPARE_NAME = "prepare.pt"
 
 
 class ConfigMismatchError(RuntimeError):
@@ -71,6 +76,19 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+class _WithIndex(torch.utils.data.Dataset):
+    """Items of ``dataset`` with their index appended: (views, label, index)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return (*self.dataset[i], i)
+
+
 class Run:
     """Everything one run builds from its config: data, model, optimiser, schedule."""
 
@@ -88,6 +106,8 @@ class Run:
         views = training_views(self.method.view_kinds, c.image_size, backbone.mean, backbone.std, c.hflip,
                                c.color_jitter)
         evalt = eval_view(c.image_size, backbone.mean, backbone.std)
+        self.single_view = train_view(c.image_size, "image", backbone.mean, backbone.std, c.hflip, c.color_jitter)
+        self.eval_transform = evalt
         self.val = None
         if vf:
             self.val = build_dataset(c.dataset, c.data_root, "val", c.sample_rate, evalt, c.seed, val_fraction=vf,
@@ -111,8 +131,49 @@ class Run:
         c = self.config
         sampler = EpochBatches(len(self.train), c.batch_size, c.seed, epoch, c.iters_per_epoch)
         gen = torch.Generator().manual_seed(derived_seed(c.seed, epoch, 0x10AD))   # worker seeds
-        return DataLoader(self.train, batch_sampler=sampler, num_workers=c.num_workers, generator=gen,
+        data = _WithIndex(self.train) if self.method.needs_index else self.train
+        return DataLoader(data, batch_sampler=sampler, num_workers=c.num_workers, generator=gen,
                           pin_memory=self.device.type == "cuda")
+
+    def prepare_context(self) -> PrepareContext:
+        c = self.config
+        return PrepareContext(dataset=self.train, train_transform=self.single_view, eval_transform=self.eval_transform,
+                              device=self.device, batch_size=c.batch_size, seed=c.seed, lr=c.lr,
+                              weight_decay=c.weight_decay, backbone_lr_mult=c.backbone_lr_mult, momentum=c.momentum,
+                              num_workers=c.num_workers, progress=c.progress)
+
+    def prepare(self, path: Path) -> dict | None:
+        """Run the method's pre-pass, or load it from ``path`` when it was written for this config;
+        hand the result to the method. Returns what the record says about it (None: no pre-pass)."""
+        method = self.method
+        if type(method).prepare is Method.prepare:
+            return None
+        cached = None
+        if path.exists():
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.get("config_hash") != self.config.hash():
+                log.info("ignoring %s: written by another config", path)
+                cached = None
+        if cached is None:
+            saved = rng_state()   # the pre-pass must not shift training's random stream (cached or not)
+            seed_everything(derived_seed(self.config.seed, 0x9E9A55))
+            t0 = time.time()
+            try:
+                state = method.prepare(self.prepare_context())
+            finally:
+                set_rng_state(saved)
+                method.train()
+            elapsed = round(time.time() - t0, 2)
+            if state is None:
+                return None
+            state = {k: v.detach().cpu() for k, v in state.items()}
+            save_torch_atomic({"config_hash": self.config.hash(), "time_s": elapsed, "state": state}, path)
+            info = {"time_s": elapsed, "cached": False}
+        else:
+            state = cached["state"]
+            info = {"time_s": cached["time_s"], "cached": True}
+        method.set_prepared(state)
+        return info
 
     def train_epoch(self, epoch: int) -> dict:
         c, method = self.config, self.method
@@ -120,11 +181,12 @@ class Run:
         sums: dict[str, float] = {}
         bar = tqdm(self.loader(epoch), total=c.iters_per_epoch, desc=f"{c.method} epoch {epoch + 1}/{c.epochs}",
                    disable=not c.progress, leave=False, mininterval=progress_interval())
-        for views, labels in bar:
-            views = [v.to(self.device, non_blocking=True) for v in views]
-            labels = labels.to(self.device, non_blocking=True)
+        for batch in bar:
+            views = [v.to(self.device, non_blocking=True) for v in batch[0]]
+            labels = batch[1].to(self.device, non_blocking=True)
+            extra = {"index": batch[2].to(self.device, non_blocking=True)} if method.needs_index else {}
             self.optimizer.zero_grad(set_to_none=True)
-            out = method.training_step(views, labels, epoch)   # may back-propagate parts of its loss itself
+            out = method.training_step(views, labels, epoch, **extra)   # may back-propagate parts of its loss itself
             loss = out.pop("loss")
             loss.backward()
             self.optimizer.step()
@@ -188,7 +250,7 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
     after that many epochs with the checkpoint written, as a kill would (for tests); it returns None."""
     config = RunConfig.from_dict(config) if isinstance(config, dict) else config
     out = run_dir(config)
-    record_path, ckpt_path = out / RECORD_NAME, out / CHECKPOINT_NAME
+    record_path, ckpt_path, prepare_path = out / RECORD_NAME, out / CHECKPOINT_NAME, out / PREPARE_NAME
     if record_path.exists():
         rec = read_record(record_path)
         if rec.get("config_hash") == config.hash():
@@ -197,12 +259,13 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
     run = Run(config)
     history: list = []
     start, elapsed = 0, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=run.device, weights_only=False)
-        if state["config_hash"] != config.hash():
-            raise ConfigMismatchError(f"checkpoint {ckpt_path} was written by a different config; differing "
-                                      f"settings (checkpoint, now): {config_diff(state['config'], config.identity())}."
-                                      " Delete the run folder to start over.")
+    state = torch.load(ckpt_path, map_location=run.device, weights_only=False) if ckpt_path.exists() else None
+    if state is not None and state["config_hash"] != config.hash():
+        raise ConfigMismatchError(f"checkpoint {ckpt_path} was written by a different config; differing "
+                                  f"settings (checkpoint, now): {config_diff(state['config'], config.identity())}."
+                                  " Delete the run folder to start over.")
+    prepare_info = run.prepare(prepare_path)   # before the checkpoint is loaded: the pre-pass sees the initial model
+    if state is not None:
         run.load_state(state)
         start, history, elapsed = state["epoch"], state["history"], state["elapsed"]
         log.info("resuming %s after epoch %d", config.run_id(), start)
@@ -225,11 +288,14 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
               "data": run.data_info(), "history": history, "final": final_metrics(history, run.method.protocol_note()),
               "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if prepare_info is not None:
+        record["prepare"] = prepare_info
     write_json_atomic(record_path, record)
     if config.keep_checkpoint == "model":
         save_torch_atomic(run.model_state(), out / MODEL_NAME)
     if config.keep_checkpoint != "full":
         ckpt_path.unlink(missing_ok=True)
+        prepare_path.unlink(missing_ok=True)
     return record
 
 
