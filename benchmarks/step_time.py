@@ -122,6 +122,19 @@ def method_settings(a: argparse.Namespace, spec: str) -> dict:
 
 
 # ---- child -----------------------------------------------------------------------------------------
+def synthetic_prepared(method, num_images: int) -> dict | None:
+    """Stand-ins of the pre-pass results (not timed: a pre-pass runs once per run, not per step)."""
+    import torch
+
+    if method.name == "co_tuning":
+        return {"relationship": torch.softmax(torch.randn(method.head_target.out_features, 1000), 1)}
+    if method.name == "lwf":
+        return {"recorded": torch.randn(num_images, 1000)}
+    if method.name == "delta" and method.settings.regularization == "attention_feature_map":
+        return {"attention": torch.cat([torch.full((c,), 1.0 / c) for c in method.channels])}
+    return None
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -152,7 +165,12 @@ def worker(a: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     backbone = build_backbone(a.backbone, pretrained=False)
+    if backbone.source_head is None:     # random weights: a stand-in ImageNet head for Co-Tuning and LWF
+        backbone.source_head = torch.nn.Linear(backbone.channels, 1000)
     method = build_method(name, backbone, a.classes, a.size, settings).to(device)
+    prepared = synthetic_prepared(method, a.batch)
+    if prepared is not None:
+        method.set_prepared(prepared)
     method.train()
     optimizer = torch.optim.SGD(method.param_groups(0.01, 0.1), lr=0.01, momentum=0.9, weight_decay=5e-4,
                                 nesterov=True)
@@ -161,6 +179,7 @@ def worker(a: argparse.Namespace) -> dict:
     # labels from a pool of about half the batch size, so some classes repeat within the batch
     pool = torch.randperm(a.classes, generator=g)[:max(1, min(a.classes, (a.batch + 1) // 2))]
     labels = pool[torch.randint(len(pool), (a.batch,), generator=g)].to(device)
+    index = torch.arange(a.batch, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -171,7 +190,8 @@ def worker(a: argparse.Namespace) -> dict:
 
     def step(epoch: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
-        out = method.training_step(views, labels, epoch)   # may back-propagate part of its loss itself
+        extra = {"index": index} if getattr(method, "needs_index", False) else {}
+        out = method.training_step(views, labels, epoch, **extra)   # may back-propagate part of its loss itself
         loss = out.pop("loss")
         loss.backward()
         optimizer.step()

@@ -101,6 +101,7 @@ def test_linear_probe_keeps_the_backbone_bit_identical_and_trains_only_the_head(
 def test_scratch_reinitialises_a_resnet_as_torchvision_does():
     torch.manual_seed(0)
     bb = build_backbone("resnet18", False)
+    bb.source_head = nn.Linear(bb.channels, 1000)   # as a backbone with ImageNet weights has
     with torch.no_grad():                      # stand-in "pretrained" weights
         for name, t in bb.state_dict().items():
             if t.is_floating_point():
