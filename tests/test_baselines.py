@@ -17,6 +17,7 @@ from ctlib.methods.base import pooled
 from ctlib.methods.scratch import randomise_backbone
 from ctlib.methods.stochnorm import StochNorm2d, to_stochnorm
 from ctlib.models import build_backbone
+from short_runs import short_run_losses
 
 BASELINES = ["linear_probe", "scratch", "l2_sp", "bss", "stochnorm", "bi_tuning"]
 
@@ -390,28 +391,7 @@ def test_short_run_from_pretrained_weights_lowers_the_loss(method):
     """30 steps from ImageNet-pretrained EfficientNet-Lite0 on the embedded data: the cross-entropy goes
     down (for Bi-Tuning the contrastive terms start from random queues, so only CE is compared).
     Scratch is left out: 30 steps from random weights say nothing."""
-    from torch.utils.data import DataLoader
-
-    from ctlib.data import build_dataset, training_views
-    from ctlib.seeding import seed_everything
-
-    seed_everything(0)
-    bb = build_backbone("efficientnet_lite0", True)
-    m = build_method(method, bb, 10, 64, {"K": 4, "m": 0.99} if method == "bi_tuning" else {}).train()
-    data = build_dataset("demo", split="train", sample_rate=15,
-                         transform=training_views(m.view_kinds, 64, bb.mean, bb.std))
-    opt = torch.optim.SGD(m.param_groups(0.01, 0.1), lr=0.01, momentum=0.9, nesterov=True,
-                          weight_decay=0.0 if method == "l2_sp" else 5e-4)
-    loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
-    losses = []
-    while len(losses) < 30:
-        for views, labels in loader:
-            opt.zero_grad()
-            out = m.training_step(views, labels, epoch=0)
-            out["loss"].backward()
-            opt.step()
-            losses.append(out["cls"])
-            if len(losses) == 30:
-                break
+    losses = short_run_losses(method, {"K": 4, "m": 0.99} if method == "bi_tuning" else {}, "cls",
+                              weight_decay=0.0 if method == "l2_sp" else 5e-4)
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.9 * first, (first, last, losses)

@@ -49,6 +49,7 @@ def test_record_contents_and_protocols(tmp_path):
     assert rec["final"]["reference"]["top1"] == best
     assert rec["final"]["main_last"]["top1"] == rec["history"][-1]["test"]["main"]["top1"]
     assert "IB head evaluated with its mean μ" in rec["final"]["reference"]["protocol"]
+    assert rec["method_settings"]["patch_forward"] == "grouped" and rec["method_settings"]["K"] == 4
     assert rec["data"]["val_images"] > 0 and rec["data"]["train_images"] + rec["data"]["val_images"] == 300
     assert rec["data"]["train"]["sample_list_checksum"]
     assert rec["versions"]["torch"] == torch.__version__ and rec["peak_memory"]["cpu_max_rss_mb"] > 0

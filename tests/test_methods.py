@@ -125,27 +125,8 @@ def test_no_cuda_calls_in_ctlib():
 
 def test_short_concept_tuning_run_lowers_its_loss():
     """30 steps from ImageNet-pretrained EfficientNet-Lite0 on the embedded data: the loss goes down."""
-    from torch.utils.data import DataLoader
+    from short_runs import short_run_losses
 
-    from ctlib.data import build_dataset, training_views
-    from ctlib.seeding import seed_everything
-
-    seed_everything(0)
-    bb = build_backbone("efficientnet_lite0", True)
-    m = build_method("concept_tuning", bb, 10, 64, {"confusing": 9, "K": 8, "m": 0.99}).train()
-    data = build_dataset("demo", split="train", sample_rate=15,
-                         transform=training_views(m.view_kinds, 64, bb.mean, bb.std))
-    opt = torch.optim.SGD(m.param_groups(0.01, 0.1), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    losses = []
-    loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
-    while len(losses) < 30:
-        for views, labels in loader:
-            opt.zero_grad()
-            out = m.training_step(views, labels, epoch=0)
-            out["loss"].backward()
-            opt.step()
-            losses.append(out["total"])
-            if len(losses) == 30:
-                break
+    losses = short_run_losses("concept_tuning", {"confusing": 9, "K": 8, "m": 0.99}, "total")
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.85 * first, (first, last, losses)

@@ -32,24 +32,31 @@ def _slot_forward(bn: nn.modules.batchnorm._BatchNorm, slots: int, x: torch.Tens
     grouped = x.view(slots, B, C, *rest).transpose(0, 1).reshape(B, slots * C, *rest)
     w = bn.weight.repeat(slots) if bn.weight is not None else None
     b = bn.bias.repeat(slots) if bn.bias is not None else None
-    y = F.batch_norm(grouped, None, None, w, b, True, 0.0, bn.eps)
-    if bn.training and bn.track_running_stats:
-        _update_running_stats(bn, x.detach().view(slots, B, C, -1))
+    track = bn.training and bn.track_running_stats
+    stats = track and (bn.momentum is None or bn.momentum > 0)
+    # with momentum 1 into fresh buffers, batch_norm leaves there each slot's mean and unbiased variance
+    mean = torch.zeros(slots * C, dtype=x.dtype, device=x.device) if stats else None
+    var = torch.ones(slots * C, dtype=x.dtype, device=x.device) if stats else None
+    y = F.batch_norm(grouped, mean, var, w, b, True, 1.0, bn.eps)
+    if track:
+        _fold_running_stats(bn, slots, mean.view(slots, C) if stats else None, var.view(slots, C) if stats else None)
     return y.view(B, slots, C, *rest).transpose(0, 1).reshape(N, C, *rest)
 
 
 @torch.no_grad()
-def _update_running_stats(bn, xs: torch.Tensor) -> None:
-    """What ``slots`` successive training-mode calls do to the running statistics (unbiased variance)."""
-    dims = (1, 3)
-    var, mean = torch.var_mean(xs, dim=dims, correction=1)          # (P, C)
-    for p in range(xs.shape[0]):
+def _fold_running_stats(bn, slots: int, mean: torch.Tensor | None, var: torch.Tensor | None) -> None:
+    """What ``slots`` successive training-mode calls do to the running statistics; ``mean``/``var`` (P, C)
+    are each slot's batch mean and unbiased variance (None when the momentum is 0: only the count moves)."""
+    if mean is None:
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(slots)
+        return
+    for p in range(slots):
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        if factor:
-            bn.running_mean.mul_(1 - factor).add_(mean[p].to(bn.running_mean.dtype), alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(var[p].to(bn.running_var.dtype), alpha=factor)
+        bn.running_mean.mul_(1 - factor).add_(mean[p].to(bn.running_mean.dtype), alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(var[p].to(bn.running_var.dtype), alpha=factor)
 
 
 @contextmanager

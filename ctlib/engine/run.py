@@ -193,7 +193,7 @@ class Run:
             out.setdefault("total", loss.item())
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{out['total']:.3f}")
+            bar.set_postfix(loss=f"{out['total']:.3f}", refresh=False)   # refreshed at the bar's interval
         return {k: round(v / c.iters_per_epoch, 6) for k, v in sums.items()}
 
     def evaluate(self) -> dict:
@@ -283,7 +283,8 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
     record = {"schema": 1, "run_id": config.run_id(), "recipe": config.recipe or None,
-              "config": asdict(config), "config_hash": config.hash(),
+              "config": asdict(config), "method_settings": config.identity()["method_args"],
+              "config_hash": config.hash(),
               "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
               "data": run.data_info(), "history": history, "final": final_metrics(history, run.method.protocol_note()),
               "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
