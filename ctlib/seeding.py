@@ -1,4 +1,9 @@
-"""One seeding helper for every run, and the RNG state a checkpoint needs to resume exactly."""
+"""One seeding helper for every run, and the RNG state a checkpoint needs to resume exactly.
+
+``rng_state`` holds only tensors, numbers, strings and plain containers, so a checkpoint holding it
+loads with ``torch.load(weights_only=True)``; ``set_rng_state`` also takes the older form (numpy's state
+as its tuple with an array).
+"""
 from __future__ import annotations
 
 import random
@@ -19,7 +24,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -27,7 +35,11 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    ns = state["numpy"]
+    if isinstance(ns, dict):
+        ns = (ns["bit_generator"], ns["key"].numpy().astype(np.uint32), ns["pos"], ns["has_gauss"],
+              ns["cached_gaussian"])
+    np.random.set_state(ns)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -49,7 +49,7 @@ def _call_builder(builder: Builder, root, split: str, sample_rate: int, download
 
 def build_dataset(name: str, root=None, split: str = "train", sample_rate: int = 100, transform=None,
                   seed: int = 0, *, val_fraction: float | None = None, download: bool = False,
-                  skip_bad_images: bool = False) -> ClassificationDataset:
+                  skip_bad_images: bool = False, progress: bool = True) -> ClassificationDataset:
     """Load ``split`` of dataset ``name`` from ``root``.
 
     * ``split='train'``: the training images at ``sample_rate`` % of each class: TLlib's
@@ -62,6 +62,7 @@ def build_dataset(name: str, root=None, split: str = "train", sample_rate: int =
     * ``download``: fetch the dataset with torchvision's download first (a failure raises).
     * ``skip_bad_images``: open every image now and drop unreadable ones (counted in ``info``);
       otherwise an unreadable image raises a DatasetError naming the file when it is loaded.
+      ``progress``: show a progress bar while the images are checked.
 
     ``info`` records how the dataset was made (layout, sample-list source, path and checksum, ...).
     """
@@ -87,7 +88,7 @@ def build_dataset(name: str, root=None, split: str = "train", sample_rate: int =
     ds.info.update(dataset=name, split=split, seed=seed)
     if skip_bad_images:
         from .check import drop_unreadable
-        ds = drop_unreadable(ds)
+        ds = drop_unreadable(ds, progress)
     return ds.with_transform(transform)
 
 
