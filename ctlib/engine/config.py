@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 # settings that do not change what a run computes: not part of its identity
-NON_IDENTITY = ("recipe", "download", "device", "num_workers", "results_dir", "progress", "keep_checkpoint", "eval_batch_size")
+NON_IDENTITY = ("recipe", "download", "device", "num_workers", "results_dir", "progress", "keep_checkpoint", "eval_batch_size",
+                "lock_timeout")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RunConfig:
     results_dir: str = "results"
     progress: bool = True
     keep_checkpoint: str = "model"       # after finishing keep "full" state, only the "model", or "none"
+    lock_timeout: float = 0.0            # seconds to wait for another process training this run (0: fail at once)
 
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -51,6 +53,8 @@ class RunConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}: choose 'multistep' or 'cosine'")
         if self.keep_checkpoint not in ("full", "model", "none"):
             raise ValueError(f"keep_checkpoint must be 'full', 'model' or 'none', not {self.keep_checkpoint!r}")
+        if not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
         for name in ("batch_size", "epochs", "iters_per_epoch", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -7,11 +7,19 @@
 - a checkpoint written by a different config is an error naming the differing settings;
 - a method with a pre-pass (``Method.prepare``) gets it computed once, before training, under a seed
   derived from the run's, and cached in the run folder (``prepare.pt``, keyed by the config hash): a
-  resumed run loads it instead of recomputing it.
+  resumed run loads it instead of recomputing it;
+- a loss or parameter that becomes NaN or infinite stops the run at once (``DivergedError``): the last
+  good checkpoint stays, no record is written;
+- one process at a time trains a run (a lock file in its folder, ``ctlib.engine.lock``); a process that
+  waited for another returns that one's record instead of training the run again;
+- checkpoints load with ``torch.load(weights_only=True)``; a damaged or foreign file is an error naming
+  it and saying what to do.
 """
 from __future__ import annotations
 
 import logging
+import math
+import pickle
 import platform
 import resource
 import subprocess
@@ -32,6 +40,7 @@ from ..records import RECORD_NAME, read_record, save_torch_atomic, write_json_at
 from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
 from .config import RunConfig, config_diff
 from .evaluate import evaluate, progress_interval
+from .lock import RunLock
 from .sampler import EpochBatches
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,62 @@ PREPARE_NAME = "prepare.pt"
 
 class ConfigMismatchError(RuntimeError):
     pass
+
+
+class DivergedError(RuntimeError):
+    """The loss (or the parameters) became NaN or infinite: the run stopped, nothing of the epoch was saved."""
+
+
+class RunFileError(RuntimeError):
+    """A checkpoint, model or pre-pass file of a run is damaged or not one; the message says what to do."""
+
+
+CHECKPOINT_KEYS = ("config_hash", "config", "method", "epoch", "history", "elapsed", "optimizer", "scheduler", "rng")
+MODEL_KEYS = ("config_hash", "num_classes", "method")
+PREPARE_KEYS = ("config_hash", "time_s", "state")
+
+
+def _legacy_globals() -> list:
+    """What checkpoints written before the RNG state held only tensors need: numpy's RNG key array."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:   # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_run_file(path, what: str, advice: str, map_location="cpu", keys: tuple = ()) -> dict:
+    """``torch.load(path, weights_only=True)`` of a file the engine wrote (``what``: 'run checkpoint', ...);
+    a damaged file, or one that is not such a file, raises ``RunFileError`` naming it, with ``advice``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise RunFileError(f"{what} {path} is empty: it was cut short (full disk, interrupted copy). {advice}")
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":   # zip (torch.save) or a legacy pickle
+        raise RunFileError(f"{path} is not a {what}: it is not a file torch.save wrote. {advice}")
+    try:
+        with torch.serialization.safe_globals(_legacy_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        if e.filename:        # missing, unreadable: the system's message names the file
+            raise
+        raise RunFileError(f"{what} {path} cannot be read ({e}). {advice}") from None
+    except Exception as e:
+        msg = str(e).strip()
+        if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in msg:
+            # keep torch's diagnosis, not its advice on unsafe loading
+            msg = msg.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0].strip()
+            raise RunFileError(f"{path} is not a {what}: it holds objects other than tensors, numbers and plain "
+                               f"containers ({msg}), so it was not written by ctlib. {advice}") from None
+        detail = f"{type(e).__name__}: {msg.splitlines()[0].split('. ')[0] if msg else ''}"
+        raise RunFileError(f"{what} {path} is damaged or not a {what} ({detail}); it was probably cut short "
+                           f"(full disk, interrupted copy). {advice}") from None
+    missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else list(keys)
+    if missing or not isinstance(obj, dict):
+        raise RunFileError(f"{path} is not a {what} (it lacks {', '.join(missing) or 'a dict'}). {advice}")
+    return obj
 
 
 def run_dir(config: RunConfig) -> Path:
@@ -97,7 +162,7 @@ class Run:
         self.device = resolve_device(c.device)
         seed_everything(c.seed)
         backbone = build_backbone(c.backbone, c.pretrained)
-        opts = {"download": c.download, "skip_bad_images": c.skip_bad_images}
+        opts = {"download": c.download, "skip_bad_images": c.skip_bad_images, "progress": c.progress}
         vf = c.val_fraction or None
         train = build_dataset(c.dataset, c.data_root, "train", c.sample_rate, seed=c.seed, val_fraction=vf, **opts)
         test = build_dataset(c.dataset, c.data_root, "test", 100, **opts)
@@ -150,7 +215,8 @@ class Run:
             return None
         cached = None
         if path.exists():
-            cached = torch.load(path, map_location="cpu", weights_only=True)
+            cached = load_run_file(path, "pre-pass cache", "Delete it: the pre-pass is computed again (it is seeded: "
+                                   "same result).", keys=PREPARE_KEYS)
             if cached.get("config_hash") != self.config.hash():
                 log.info("ignoring %s: written by another config", path)
                 cached = None
@@ -181,7 +247,7 @@ class Run:
         sums: dict[str, float] = {}
         bar = tqdm(self.loader(epoch), total=c.iters_per_epoch, desc=f"{c.method} epoch {epoch + 1}/{c.epochs}",
                    disable=not c.progress, leave=False, mininterval=progress_interval())
-        for batch in bar:
+        for step, batch in enumerate(bar, 1):
             views = [v.to(self.device, non_blocking=True) for v in batch[0]]
             labels = batch[1].to(self.device, non_blocking=True)
             extra = {"index": batch[2].to(self.device, non_blocking=True)} if method.needs_index else {}
@@ -189,12 +255,37 @@ class Run:
             out = method.training_step(views, labels, epoch, **extra)   # may back-propagate parts of its loss itself
             loss = out.pop("loss")
             loss.backward()
+            value = loss.item()
+            out.setdefault("total", value)
+            parts = {k: float(v) for k, v in out.items()}
+            if not (math.isfinite(value) and all(math.isfinite(v) for v in parts.values())):   # host values only
+                bar.close()
+                shown = ", ".join(f"{k}={v:.6g}" for k, v in {"loss": value, **parts}.items())
+                raise DivergedError(self._diverged(epoch, step, f"the loss is not finite ({shown})"))
             self.optimizer.step()
-            out.setdefault("total", loss.item())
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{out['total']:.3f}", refresh=False)   # refreshed at the bar's interval
+        # the last step's update is seen by no loss of this epoch: check the parameters once per epoch
+        named = [(n, p) for n, p in method.named_parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist() if named else []
+        if not all(finite):
+            bad = [n for (n, _), ok in zip(named, finite) if not ok]
+            raise DivergedError(self._diverged(epoch, c.iters_per_epoch, f"after its update, {len(bad)} parameters "
+                                               f"are not finite ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})"))
         return {k: round(v / c.iters_per_epoch, 6) for k, v in sums.items()}
+
+    def _diverged(self, epoch: int, step: int, what: str) -> str:
+        c = self.config
+        ckpt = run_dir(c) / CHECKPOINT_NAME
+        if epoch > 0 and ckpt.exists():
+            kept = (f"the checkpoint of epoch {epoch} ({ckpt}) is kept and no record was written; fitting this run "
+                    f"again resumes from that checkpoint (delete it to restart the run from scratch)")
+        else:
+            kept = "no epoch had finished, so no checkpoint or record was written"
+        return (f"run {c.run_id()} diverged at epoch {epoch + 1}, step {step}/{c.iters_per_epoch} (global step "
+                f"{epoch * c.iters_per_epoch + step}): {what}. The run stopped: {kept}. A lower learning rate or "
+                f"other method settings (a new run) may avoid it.")
 
     def evaluate(self) -> dict:
         c = self.config
@@ -245,21 +336,48 @@ def _peak_memory_mb(device: torch.device) -> dict:
     return mem
 
 
-def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict | None:
-    """Train and evaluate one run; returns its record. ``stop_after_epoch`` ends the process of training
-    after that many epochs with the checkpoint written, as a kill would (for tests); it returns None."""
-    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
-    out = run_dir(config)
-    record_path, ckpt_path, prepare_path = out / RECORD_NAME, out / CHECKPOINT_NAME, out / PREPARE_NAME
+def _finished_record(config: RunConfig, record_path: Path) -> dict | None:
+    """The run's record when it is finished (a damaged record raises ``RecordError`` naming it)."""
     if record_path.exists():
         rec = read_record(record_path)
         if rec.get("config_hash") == config.hash():
-            log.info("run %s already finished: %s", config.run_id(), record_path)
             return rec
+    return None
+
+
+def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict | None:
+    """Train and evaluate one run; returns its record. ``stop_after_epoch`` ends the process of training
+    after that many epochs with the checkpoint written, as a kill would (for tests); it returns None.
+
+    While it trains, the run folder is locked (``ctlib.engine.lock``): a run another live process trains
+    is waited for up to ``config.lock_timeout`` seconds, then ``RunLockedError``; once the lock is taken,
+    a run that process finished meanwhile is returned, not trained again."""
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    out = run_dir(config)
+    record_path = out / RECORD_NAME
+    rec = _finished_record(config, record_path)
+    if rec is not None:
+        log.info("run %s already finished: %s", config.run_id(), record_path)
+        return rec
+    with RunLock(out, config.lock_timeout):
+        rec = _finished_record(config, record_path)
+        if rec is not None:
+            log.info("run %s was finished by another process meanwhile: %s", config.run_id(), record_path)
+            return rec
+        return _train(config, out, stop_after_epoch)
+
+
+def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict | None:
+    """``fit`` under the run's lock."""
+    record_path, ckpt_path, prepare_path = out / RECORD_NAME, out / CHECKPOINT_NAME, out / PREPARE_NAME
     run = Run(config)
     history: list = []
     start, elapsed = 0, 0.0
-    state = torch.load(ckpt_path, map_location=run.device, weights_only=False) if ckpt_path.exists() else None
+    state = None
+    if ckpt_path.exists():
+        state = load_run_file(ckpt_path, "run checkpoint", f"Delete it to restart the run from scratch (its "
+                              f"{config.epochs}-epoch training starts over; nothing else in {out} is affected).",
+                              run.device, CHECKPOINT_KEYS)
     if state is not None and state["config_hash"] != config.hash():
         raise ConfigMismatchError(f"checkpoint {ckpt_path} was written by a different config; differing "
                                   f"settings (checkpoint, now): {config_diff(state['config'], config.identity())}."
@@ -307,7 +425,8 @@ def load_model(config: RunConfig | dict, device: str = "cpu"):
     path = out / MODEL_NAME if (out / MODEL_NAME).exists() else out / CHECKPOINT_NAME
     if not path.exists():
         raise FileNotFoundError(f"no saved model for run {config.run_id()} in {out}")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_run_file(path, "saved model", f"Delete it and {out / RECORD_NAME} to train the run again.",
+                          device, MODEL_KEYS)
     backbone = build_backbone(config.backbone, False)
     if any(".source_head." in k for k in state["method"]):  # the run had an ImageNet classifier: make room
         backbone.source_head = torch.nn.Linear(backbone.channels, 1000)
