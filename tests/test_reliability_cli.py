@@ -3,6 +3,7 @@
 The notebook tests execute a tiny throwaway notebook (written here into tmp_path, standard library
 only) with papermill: a few seconds per execution.
 """
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -120,3 +121,42 @@ def test_parameters_cell_parsing(tmp_path, monkeypatch):
     assert reproduce.notebook_parameters("tiny") == {"a": "1, (2, 3)", "b": "1, (2, 3)", "c": "1, (2, 3)",
                                                      "d": "4", "e": None}
 
+
+def _lock_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        # a pin, possibly with an environment marker (the CUDA wheels are Linux-only)
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)( ; .+)?", line.strip())
+        assert m, f"requirements.lock: not a name==version pin: {line!r}"
+        name = m.group(1).lower().replace("_", "-")
+        assert name not in pins, f"requirements.lock: {name} pinned twice"
+        pins[name] = m.group(2)
+    return pins
+
+
+def test_lock_pins_every_package():
+    pins = _lock_pins(REPO / "requirements.lock")
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    # the top-level requirements are all in the lock, at their pinned version where requirements.in pins one
+    for line in (REPO / "requirements.in").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            name = name.lower().replace("_", "-")
+            assert name in pins, f"{name} of requirements.in missing from requirements.lock"
+            assert not version or pins[name] == version
+    # transitive dependencies are pinned too (the CUDA wheels torch pulls on Linux, the Jupyter stack)
+    assert {"numpy", "papermill", "nbclient", "jupyter-client", "triton", "nvidia-cudnn-cu13"} <= set(pins)
+    assert "uv pip compile" in (REPO / "requirements.lock").read_text().splitlines()[1]
+
+
+def test_record_versions_name_the_lock(monkeypatch, tmp_path):
+    from ctlib.engine import run
+
+    versions = run._versions()
+    want = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()[:16]
+    assert versions["requirements_lock"] == want
+    monkeypatch.setattr(run, "REPO_ROOT", tmp_path)                  # ctlib installed without the lock
+    assert run._versions()["requirements_lock"] is None
