@@ -53,10 +53,17 @@ def add_data_commands(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ctlib.reproduce import parse_value, run_notebook
+    from ctlib.reproduce import NotebookFailed, NotebookParameterError, parse_value, run_notebook
 
     params = {k: parse_value(v) for k, v in args.param}
-    dest = run_notebook(args.notebook, args.out, params, kernel=args.kernel, cell_timeout=args.cell_timeout)
+    try:
+        dest = run_notebook(args.notebook, args.out, params, kernel=args.kernel, cell_timeout=args.cell_timeout)
+    except NotebookParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotebookFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
     print(f"executed notebook: {dest}\nresults: {dest.parent}")
     return EXIT_OK
 
@@ -68,7 +75,9 @@ def add_run_commands(sub) -> None:
         "run", help="execute a notebook with papermill",
         description="Execute notebooks/NOTEBOOK.ipynb through papermill. Results and the executed notebook go to "
                     "--out (default results/NOTEBOOK). Finished runs are skipped and interrupted ones resume, so "
-                    "running the same command again continues where it stopped.")
+                    "running the same command again continues where it stopped. Parameters are checked against "
+                    "the notebook's parameters cell before anything runs. A failing cell exits 1 naming the cell; "
+                    "the failed notebook is written as NOTEBOOK.failed.ipynb and the last good NOTEBOOK.ipynb kept.")
     run.add_argument("notebook", metavar="NOTEBOOK", choices=available_notebooks(),
                      help=f"one of: {', '.join(available_notebooks())}")
     run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

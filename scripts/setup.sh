@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up the kit: a virtual environment .venv at the repository root (unless a virtualenv or a conda
-# env is already active), the pinned dependencies of requirements.lock, and ctlib itself (editable).
-# Quick when nothing changed: a stamp of requirements.lock + pyproject.toml skips the install.
+# env is already active), the complete pinned set of requirements.lock (every package, transitive ones
+# included; generated from requirements.in, see its header), and ctlib itself (editable, --no-deps).
+# Quick when nothing changed: a stamp of requirements.lock + pyproject.toml skips the install; a new lock
+# changes the stamp and reinstalls.
 # Prints the Python to use as its last line.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

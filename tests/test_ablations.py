@@ -104,7 +104,7 @@ def test_single_attention_module(attention, kept):
 
 
 def test_bad_settings_name_the_valid_range():
-    with pytest.raises(ValueError, match=r"K=0 \(must be >= 1\)"):
+    with pytest.raises(ValueError, match=r"K=0 \(must be an integer >= 1\)"):
         _ct(K=0)
     with pytest.raises(ValueError, match=r"m=1.0 \(must be in \[0, 1\)\)"):
         _ct(m=1.0)

@@ -57,14 +57,14 @@ def test_registered_with_their_settings():
 
 
 @pytest.mark.parametrize("name, args, match", [
-    ("bss", {"k": 0}, r"k must be an integer >= 1"),
-    ("stochnorm", {"p": 1.5}, r"p must be in \[0, 1\]"),
-    ("stochnorm", {"p": -0.1}, r"p must be in \[0, 1\]"),
-    ("bi_tuning", {"K": 0}, r"K .* must be an integer >= 1"),
-    ("bi_tuning", {"m": 1.0}, r"m .* must be in \[0, 1\)"),
-    ("bi_tuning", {"m": -0.5}, r"m .* must be in \[0, 1\)"),
-    ("bi_tuning", {"T": 0.0}, r"T .* must be > 0"),
-    ("l2_sp", {"trade_off_head": -1.0}, r"trade_off_head must be >= 0"),
+    ("bss", {"k": 0}, r"k=0 \(must be an integer >= 1\)"),
+    ("stochnorm", {"p": 1.5}, r"p=1.5 \(must be in \[0, 1\]\)"),
+    ("stochnorm", {"p": -0.1}, r"p=-0.1 \(must be in \[0, 1\]\)"),
+    ("bi_tuning", {"K": 0}, r"K=0 \(must be an integer >= 1\)"),
+    ("bi_tuning", {"m": 1.0}, r"m=1.0 \(must be in \[0, 1\)\)"),
+    ("bi_tuning", {"m": -0.5}, r"m=-0.5 \(must be in \[0, 1\)\)"),
+    ("bi_tuning", {"T": 0.0}, r"T=0.0 \(must be a finite number > 0\)"),
+    ("l2_sp", {"trade_off_head": -1.0}, r"trade_off_head=-1.0 \(must be a finite number >= 0\)"),
     ("scratch", {"lr_mult": 2}, r"unknown setting.*'lr_mult'.*valid settings"),
 ])
 def test_bad_settings_are_clear_errors(name, args, match):

@@ -20,9 +20,11 @@ def _views(B=6, size=64, seed=1):
     return [torch.randn(B, 3, size, size, generator=g) for _ in range(4)]
 
 
-@pytest.mark.parametrize("confusing", [2, 6, 100])
-def test_confusing_out_of_range_is_a_clear_error(confusing):
-    with pytest.raises(ValueError, match=r"3 <= confusing <= num_classes - 1 = 5"):
+@pytest.mark.parametrize("confusing, match", [(2, r"confusing=2 \(must be an integer >= 3\)"),  # the settings
+                                               (6, r"3 <= confusing <= num_classes - 1 = 5"),     # at build
+                                               (100, r"3 <= confusing <= num_classes - 1 = 5")])
+def test_confusing_out_of_range_is_a_clear_error(confusing, match):
+    with pytest.raises(ValueError, match=match):
         _ct(num_classes=6, confusing=confusing)
 
 

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from ..validation import check_settings, choice, flag, integer, is_int, real
+
+SCHEDULES = ("multistep", "cosine")
+KEEP_CHECKPOINT = ("full", "model", "none")
+MIN_IMAGE_SIZE = 16      # smallest input size accepted (the backbones' feature maps are 1/32 of it)
 
 # settings that do not change what a run computes: not part of its identity
 NON_IDENTITY = ("recipe", "download", "device", "num_workers", "results_dir", "progress", "keep_checkpoint", "eval_batch_size",
@@ -48,16 +57,45 @@ class RunConfig:
     lock_timeout: float = 0.0            # seconds to wait for another process training this run (0: fail at once)
 
     def __post_init__(self):
-        self.milestones = tuple(int(m) for m in self.milestones)
-        if self.schedule not in ("multistep", "cosine"):
-            raise ValueError(f"unknown schedule {self.schedule!r}: choose 'multistep' or 'cosine'")
-        if self.keep_checkpoint not in ("full", "model", "none"):
-            raise ValueError(f"keep_checkpoint must be 'full', 'model' or 'none', not {self.keep_checkpoint!r}")
-        if not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout >= 0:
-            raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {self.lock_timeout!r}")
-        for name in ("batch_size", "epochs", "iters_per_epoch", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        from ..data import available
+        from ..data.sampling import SAMPLE_RATES
+        from ..methods import METHODS
+        from ..models.backbones import BACKBONES
+
+        ms = self.milestones
+        ms_ok = isinstance(ms, (list, tuple)) and all(is_int(m) and m >= 1 for m in ms) and \
+            all(a < b for a, b in zip(ms, ms[1:]))
+        check_settings("run", [
+            choice("method", self.method, sorted(METHODS)),
+            ("method_args", self.method_args, isinstance(self.method_args, dict), "a dict of the method's settings"),
+            choice("dataset", self.dataset, available()),
+            ("data_root", self.data_root, self.data_root is None or isinstance(self.data_root, (str, os.PathLike)),
+             "None or a folder path"),
+            choice("sample_rate", self.sample_rate, SAMPLE_RATES),
+            real("val_fraction", self.val_fraction, 0, 1, hi_open=True),
+            choice("backbone", self.backbone, BACKBONES),
+            ("pretrained", self.pretrained, isinstance(self.pretrained, (bool, str, os.PathLike)),
+             "True (ImageNet weights), False (random) or a weight file's path"),
+            integer("image_size", self.image_size, MIN_IMAGE_SIZE),
+            integer("batch_size", self.batch_size, 1), integer("epochs", self.epochs, 1),
+            integer("iters_per_epoch", self.iters_per_epoch, 1),
+            real("lr", self.lr, 0, lo_open=True), choice("schedule", self.schedule, SCHEDULES),
+            ("milestones", ms, ms_ok, "a strictly increasing sequence of epoch numbers >= 1"),
+            real("lr_gamma", self.lr_gamma, 0, 1, lo_open=True), real("backbone_lr_mult", self.backbone_lr_mult, 0),
+            real("momentum", self.momentum, 0, 1, lo_open=True, hi_open=True),   # > 0: the SGD is Nesterov's
+            real("weight_decay", self.weight_decay, 0), flag("hflip", self.hflip),
+            flag("color_jitter", self.color_jitter), integer("seed", self.seed, 0),
+            flag("skip_bad_images", self.skip_bad_images),
+            ("recipe", self.recipe, isinstance(self.recipe, dict), "a dict (name, source, note)"),
+            flag("download", self.download),
+            ("device", self.device, _is_device(self.device), "a torch device, e.g. 'cpu', 'cuda' or 'cuda:1'"),
+            integer("num_workers", self.num_workers, 0), integer("eval_batch_size", self.eval_batch_size, 1),
+            ("results_dir", self.results_dir,
+             isinstance(self.results_dir, (str, os.PathLike)) and str(self.results_dir) != "", "a folder path"),
+            flag("progress", self.progress), choice("keep_checkpoint", self.keep_checkpoint, KEEP_CHECKPOINT),
+            real("lock_timeout", self.lock_timeout, 0)])
+        self.milestones = tuple(int(m) for m in ms)
+        METHODS[self.method].make_settings(self.method_args)   # the method's own range checks
 
     def identity(self) -> dict:
         """What the run computes: every setting but NON_IDENTITY, with the method's settings resolved
@@ -92,3 +130,13 @@ def config_diff(a: dict, b: dict) -> dict:
     """{key: (a value, b value)} for identity keys that differ."""
     keys = sorted(set(a) | set(b))
     return {k: (a.get(k), b.get(k)) for k in keys if json.dumps(a.get(k), default=str) != json.dumps(b.get(k), default=str)}
+
+
+def _is_device(device) -> bool:
+    if not isinstance(device, (str, torch.device)):
+        return False
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        return False
+    return True

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import pickle
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 PREPARE_NAME = "prepare.pt"
+REPO_ROOT = Path(__file__).resolve().parents[2]   # the checkout, when ctlib runs from one
 
 
 class ConfigMismatchError(RuntimeError):
@@ -135,10 +137,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def lock_hash() -> str | None:
+    """First 16 hex digits of the sha256 of the repository's requirements.lock; None when ctlib runs
+    from somewhere without it (installed elsewhere)."""
+    lock = REPO_ROOT / "requirements.lock"
+    if not (lock.is_file() and (REPO_ROOT / "pyproject.toml").is_file()):
+        return None
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+
+
 def _versions() -> dict:
     import torchvision
     return {"ctlib": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "requirements_lock": lock_hash()}
 
 
 class _WithIndex(torch.utils.data.Dataset):

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..concept.queues import sequential_slots
+from ..validation import check_settings, integer, real
 from .base import Method, pooled
 
 
@@ -53,17 +54,10 @@ class BiTuningSettings:
     projector_lr_mult: float = 0.1   # projector lr = lr * this (TLlib: the backbone's 0.1x)
 
     def __post_init__(self):
-        if int(self.K) != self.K or self.K < 1:
-            raise ValueError(f"K (queue length per class) must be an integer >= 1, got {self.K}")
-        if not 0.0 <= self.m < 1.0:
-            raise ValueError(f"m (key-encoder momentum) must be in [0, 1), got {self.m}")
-        if not self.T > 0:
-            raise ValueError(f"T (temperature) must be > 0, got {self.T}")
-        if int(self.projection_dim) != self.projection_dim or self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be an integer >= 1, got {self.projection_dim}")
-        if self.trade_off < 0 or self.projector_lr_mult < 0:
-            raise ValueError(f"trade_off and projector_lr_mult must be >= 0, got {self.trade_off}, "
-                             f"{self.projector_lr_mult}")
+        check_settings("bi_tuning", [integer("K", self.K, 1), real("m", self.m, 0, 1, hi_open=True),
+                                     real("T", self.T, 0, lo_open=True), real("trade_off", self.trade_off, 0),
+                                     integer("projection_dim", self.projection_dim, 1),
+                                     real("projector_lr_mult", self.projector_lr_mult, 0)])
 
 
 class _Encoder(nn.Module):

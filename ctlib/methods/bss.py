@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_settings, integer, real
 from .base import pooled
 from .erm import ERM
 
@@ -26,10 +27,8 @@ class BSSSettings:
     trade_off: float = 0.001  # η
 
     def __post_init__(self):
-        if int(self.k) != self.k or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1 (and at most min(batch size, feature dim)), got {self.k}")
-        if self.trade_off < 0:
-            raise ValueError(f"trade_off must be >= 0, got {self.trade_off}")
+        # k is also at most min(batch size, feature dim): checked on the first batch
+        check_settings("bss", [integer("k", self.k, 1), real("trade_off", self.trade_off, 0)])
 
 
 def spectral_shrinkage(features: torch.Tensor, k: int) -> torch.Tensor:

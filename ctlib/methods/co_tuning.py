@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..validation import check_settings, real
 from .base import Method, copy_source_head, pooled
 
 
@@ -31,12 +32,9 @@ class CoTuningSettings:
     smoothing: float = 0.0        # label smoothing of the target cross-entropy (TLlib: none)
 
     def __post_init__(self):
-        if self.trade_off < 0:
-            raise ValueError(f"trade_off must be >= 0, got {self.trade_off}")
-        if self.source_lr_mult < 0:
-            raise ValueError(f"source_lr_mult must be >= 0, got {self.source_lr_mult}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        check_settings("co_tuning", [real("trade_off", self.trade_off, 0),
+                                     real("source_lr_mult", self.source_lr_mult, 0),
+                                     real("smoothing", self.smoothing, 0, 1, hi_open=True)])
 
 
 @torch.no_grad()

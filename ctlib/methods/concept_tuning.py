@@ -21,6 +21,9 @@ import torch.nn.functional as F
 
 from ..concept import (PATCH_FORWARDS, ClassQueues, FrontDoorHead, PatchGeometry, check_confusing, concept_contrastive_loss,
                        concept_logits, crop_patches, embed_patches, ib_kl, image_contrastive_loss, search_patches)
+from ..concept.frontdoor import AGGREGATIONS, ATTENTIONS, KL_FORMS
+from ..concept.patches import ANCHORS
+from ..validation import check_settings, choice, flag, integer, is_int, real
 from .base import Method, pooled
 
 
@@ -63,17 +66,31 @@ class ConceptTuningSettings:
     attention: str = "both"        # front-door attention modules: "both", "channel" or "position"
 
     def __post_init__(self):
-        checks = {"K": self.K >= 1, "m": 0.0 <= self.m < 1.0, "T": self.T > 0, "ib_dim": self.ib_dim >= 1,
-                  "num_patches": self.num_patches >= 1, "pos_top": self.pos_top >= 1, "neg_top": self.neg_top >= 1,
-                  "sinkhorn_eps": self.sinkhorn_eps > 0, "sinkhorn_iters": self.sinkhorn_iters >= 1,
-                  "trade_off": self.trade_off >= 0, "beta": self.beta >= 0, "infow": self.infow >= 0,
-                  "smoothing": 0.0 <= self.smoothing < 1.0}
-        ranges = {"K": ">= 1", "m": "in [0, 1)", "T": "> 0", "ib_dim": ">= 1", "num_patches": ">= 1",
-                  "pos_top": ">= 1", "neg_top": ">= 1", "sinkhorn_eps": "> 0", "sinkhorn_iters": ">= 1",
-                  "trade_off": ">= 0", "beta": ">= 0", "infow": ">= 0", "smoothing": "in [0, 1)"}
-        bad = [f"{k}={getattr(self, k)!r} (must be {ranges[k]})" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("invalid Concept-Tuning setting(s): " + "; ".join(bad))
+        # confusing <= num_classes - 1 and the slices' fit in the backbone's channels are checked at build
+        pairs = self.num_patches ** 2 if is_int(self.num_patches) and self.num_patches >= 1 else None
+
+        def top(name, v):   # a count of the transport plan's num_patches² entries
+            rule = "an integer in [1, num_patches²" + (f" = {pairs}]" if pairs else "]")
+            return name, v, is_int(v) and 1 <= v <= (pairs or v), rule
+        check_settings("Concept-Tuning", [
+            integer("K", self.K, 1), real("m", self.m, 0, 1, hi_open=True), real("T", self.T, 0, lo_open=True),
+            real("trade_off", self.trade_off, 0), real("beta", self.beta, 0),
+            integer("start_epoch", self.start_epoch, -1), integer("confusing", self.confusing, 3),
+            integer("ib_dim", self.ib_dim, 1), real("infow", self.infow, 0),
+            real("smoothing", self.smoothing, 0, 1, hi_open=True),
+            choice("aggregation", self.aggregation, AGGREGATIONS), choice("kl_form", self.kl_form, KL_FORMS),
+            flag("eval_sample_ib", self.eval_sample_ib), flag("fused_channel_attention", self.fused_channel_attention),
+            choice("anchor", self.anchor, ANCHORS), integer("num_patches", self.num_patches, 1),
+            integer("slice_width", self.slice_width, 1, none=True),
+            integer("slice_stride", self.slice_stride, 1, none=True),
+            integer("box_size", self.box_size, 1, none=True),
+            choice("patch_forward", self.patch_forward, PATCH_FORWARDS),
+            real("bn_momentum", self.bn_momentum, 0, 1, none=True),
+            real("sinkhorn_eps", self.sinkhorn_eps, 0, lo_open=True), integer("sinkhorn_iters", self.sinkhorn_iters, 1),
+            real("sinkhorn_tol", self.sinkhorn_tol, 0), top("pos_top", self.pos_top), top("neg_top", self.neg_top),
+            flag("concept_loss", self.concept_loss), flag("image_loss", self.image_loss),
+            flag("frontdoor", self.frontdoor), flag("bottleneck", self.bottleneck),
+            choice("attention", self.attention, ATTENTIONS)])
 
 
 class _Encoder(nn.Module):

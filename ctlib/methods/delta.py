@@ -50,9 +50,11 @@ from tqdm import tqdm
 
 from ..models import build_backbone
 from ..seeding import derived_seed
+from ..validation import check_settings, choice, flag, integer, is_int, real
 from .base import Method, pooled
 
 REGULARIZATIONS = ("attention_feature_map", "feature_map")
+ATTENTION_INITS = ("supervised", "run")
 ABLATION_IMAGES = 512   # images per forward pass of the batched channel ablation (speed only)
 
 
@@ -69,19 +71,17 @@ class DELTASettings:
     attention_init: str = "supervised"      # "supervised": TLlib's ImageNet start for checkpoint runs; "run"
 
     def __post_init__(self):
-        if self.regularization not in REGULARIZATIONS:
-            raise ValueError(f"unknown regularization {self.regularization!r}: choose one of {list(REGULARIZATIONS)}")
-        if self.attention_init not in ("supervised", "run"):
-            raise ValueError(f"unknown attention_init {self.attention_init!r}: choose 'supervised' or 'run'")
-        for name in ("trade_off_backbone", "trade_off_head", "attention_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("attention_batch_size", "attention_lr_decay_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_iteration_limit < 1 and self.attention_iteration_limit != -1:
-            raise ValueError(f"attention_iteration_limit must be >= 1 or -1 (every batch), "
-                             f"got {self.attention_iteration_limit}")
+        limit = self.attention_iteration_limit
+        check_settings("delta", [
+            real("trade_off_backbone", self.trade_off_backbone, 0), real("trade_off_head", self.trade_off_head, 0),
+            choice("regularization", self.regularization, REGULARIZATIONS),
+            integer("attention_epochs", self.attention_epochs, 0),
+            integer("attention_batch_size", self.attention_batch_size, 1),
+            integer("attention_lr_decay_epochs", self.attention_lr_decay_epochs, 1),
+            ("attention_iteration_limit", limit, is_int(limit) and (limit >= 1 or limit == -1),
+             "an integer >= 1, or -1 (every batch)"),
+            flag("attention_freeze_backbone", self.attention_freeze_backbone),
+            choice("attention_init", self.attention_init, ATTENTION_INITS)])
 
 
 def hook_points(backbone) -> list[tuple[nn.Module, nn.Module]]:

@@ -7,12 +7,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_settings, real
 from .base import Method, pooled
 
 
 @dataclass
 class ERMSettings:
-    smoothing: float = 0.0
+    smoothing: float = 0.0   # label smoothing of the cross-entropy
+
+    def __post_init__(self):
+        check_settings("erm", [real("smoothing", self.smoothing, 0, 1, hi_open=True)])
 
 
 class ERM(Method):

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_settings, real
 from .base import pooled
 from .erm import ERM
 
@@ -35,9 +36,8 @@ class L2SPSettings:
     trade_off_head: float = 0.01       # β, on Ω_head
 
     def __post_init__(self):
-        for name in ("trade_off_backbone", "trade_off_head"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_settings("l2_sp", [real("trade_off_backbone", self.trade_off_backbone, 0),
+                                 real("trade_off_head", self.trade_off_head, 0)])
 
 
 class _StartingPoint(nn.Module):

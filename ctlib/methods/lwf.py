@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..validation import check_settings, choice, flag, real
 from .base import Method, copy_source_head, pooled
 
 TEACHERS = ("recorded", "recorded_eval")
@@ -39,12 +40,9 @@ class LWFSettings:
                                       # "recorded_eval": logits of the eval-transformed image
 
     def __post_init__(self):
-        if self.trade_off < 0:
-            raise ValueError(f"trade_off must be >= 0, got {self.trade_off}")
-        if self.T <= 0:
-            raise ValueError(f"T must be > 0, got {self.T}")
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"unknown teacher {self.teacher!r}: choose one of {list(TEACHERS)}")
+        check_settings("lwf", [real("trade_off", self.trade_off, 0), real("T", self.T, 0, lo_open=True),
+                               flag("train_source_head", self.train_source_head),
+                               choice("teacher", self.teacher, TEACHERS)])
 
 
 class LWF(Method):

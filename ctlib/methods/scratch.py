@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..models.backbones import RESNETS
+from ..validation import check_settings, integer, real
 from .erm import ERM
 
 
@@ -23,6 +24,10 @@ from .erm import ERM
 class ScratchSettings:
     smoothing: float = 0.0          # label smoothing of the cross-entropy
     init_seed: int | None = None    # seed of the initialisation; None: draw from the current torch RNG
+
+    def __post_init__(self):
+        check_settings("scratch", [real("smoothing", self.smoothing, 0, 1, hi_open=True),
+                                   integer("init_seed", self.init_seed, 0, none=True)])
 
 
 def torchvision_resnet_init(module: nn.Module) -> None:

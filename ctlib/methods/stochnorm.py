@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_settings, real
 from .base import pooled
 from .erm import ERM
 
@@ -36,8 +37,7 @@ class StochNormSettings:
     p: float = 0.5   # probability that a channel uses batch statistics (TLlib: always 0.5, --prob ignored)
 
     def __post_init__(self):
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"p must be in [0, 1] (the probability of batch statistics), got {self.p}")
+        check_settings("stochnorm", [real("p", self.p, 0, 1)])
 
 
 class _StochNormMixin:
