@@ -108,6 +108,7 @@ RUN_BAD: dict[str, list] = {
     "results_dir": [("", "a folder path"), (None, "a folder path")],
     "progress": [("yes", "True or False")],
     "keep_checkpoint": [("all", "one of ['full', 'model', 'none']")],
+    "lock_timeout": [(-1, NONNEG), (math.nan, NONNEG), ("5", NONNEG)],
 }
 
 
