@@ -26,8 +26,9 @@ def accuracy_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
 
 @torch.no_grad()
 def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 0, progress: bool = False,
-             desc: str = "eval") -> dict:
-    """{head: {"top1", "mean_class"}} for every head of ``method`` on ``dataset``."""
+             desc: str = "eval", predictions: dict | None = None) -> dict:
+    """{head: {"top1", "mean_class"}} for every head of ``method`` on ``dataset``. A ``predictions`` dict is
+    filled with each head's predicted class per image (in dataset order) and the labels (``"target"``)."""
     was = method.training
     method.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -42,4 +43,6 @@ def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 
     finally:
         method.train(was)
     target = torch.cat(targets)
+    if predictions is not None:
+        predictions.update({name: torch.cat(p) for name, p in preds.items()}, target=target)
     return {name: accuracy_metrics(torch.cat(p), target, dataset.num_classes) for name, p in preds.items()}

@@ -37,6 +37,7 @@ from ..data import build_dataset, eval_view, train_view, training_views
 from ..methods import build_method
 from ..methods.base import Method, PrepareContext
 from ..models import build_backbone
+from ..atomic import atomic_write
 from ..records import RECORD_NAME, read_record, save_torch_atomic, write_json_atomic
 from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
 from .config import RunConfig, config_diff
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 PREPARE_NAME = "prepare.pt"
+PREDICTIONS_NAME = "test_predictions.npz"   # per-image test predictions of the last epoch, every head
 REPO_ROOT = Path(__file__).resolve().parents[2]   # the checkout, when ctlib runs from one
 
 
@@ -298,11 +300,22 @@ class Run:
                 f"{epoch * c.iters_per_epoch + step}): {what}. The run stopped: {kept}. A lower learning rate or "
                 f"other method settings (a new run) may avoid it.")
 
-    def evaluate(self) -> dict:
+    def evaluate(self, keep_predictions: bool = False) -> dict:
+        """Metrics of every head on the test (and validation) split; with ``keep_predictions`` the test
+        split's per-image predictions are kept in ``self.test_predictions``."""
         c = self.config
         splits = {"test": self.test, "val": self.val}
-        return {name: evaluate(self.method, ds, self.device, c.eval_batch_size, c.num_workers, c.progress, name)
-                for name, ds in splits.items() if ds is not None}
+        out = {}
+        for name, ds in splits.items():
+            if ds is None:
+                continue
+            keep = {} if keep_predictions and name == "test" else None
+            out[name] = evaluate(self.method, ds, self.device, c.eval_batch_size, c.num_workers, c.progress, name, keep)
+            if keep is not None:
+                self.test_predictions = keep
+        return out
+
+    test_predictions: dict | None = None
 
     def model_state(self) -> dict:
         """What ``load_model`` needs: the trained method and what identifies it."""
@@ -405,12 +418,15 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         train_parts = run.train_epoch(epoch)
         run.scheduler.step()
-        metrics = run.evaluate()
+        metrics = run.evaluate(keep_predictions=epoch + 1 == config.epochs)
         elapsed += time.time() - t0
         history.append({"epoch": epoch + 1, "lr": lrs, "train": train_parts, **metrics})
         save_torch_atomic(run.state(epoch + 1, history, elapsed), ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
+    if run.test_predictions is None:             # resumed after the last epoch: predict again
+        run.evaluate(keep_predictions=True)
+    save_predictions(run.test_predictions, out / PREDICTIONS_NAME)
     record = {"schema": 1, "run_id": config.run_id(), "recipe": config.recipe or None,
               "config": asdict(config), "method_settings": config.identity()["method_args"],
               "config_hash": config.hash(),
@@ -420,6 +436,8 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if prepare_info is not None:
         record["prepare"] = prepare_info
+    record["test_predictions"] = {"file": PREDICTIONS_NAME, "epoch": config.epochs,
+                                  "heads": sorted(k for k in run.test_predictions if k != "target")}
     write_json_atomic(record_path, record)
     if config.keep_checkpoint == "model":
         save_torch_atomic(run.model_state(), out / MODEL_NAME)
@@ -427,6 +445,27 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
         ckpt_path.unlink(missing_ok=True)
         prepare_path.unlink(missing_ok=True)
     return record
+
+
+def save_predictions(predictions: dict, path: Path) -> None:
+    """Per-image test predictions of every head (and the labels) as a numpy ``.npz``, atomically."""
+    import numpy as np
+
+    arrays = {k: v.numpy().astype(np.int32) for k, v in predictions.items()}
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def load_predictions(config: RunConfig | dict) -> dict:
+    """{head: predicted class per test image, "target": labels} of a finished run (last epoch)."""
+    import numpy as np
+
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    path = run_dir(config) / PREDICTIONS_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no test predictions for run {config.run_id()} at {path} (an unfinished run, or "
+                                "one recorded before runs saved them: delete its record.json to train it again)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_model(config: RunConfig | dict, device: str = "cpu"):
