@@ -26,7 +26,7 @@ class ERM(Method):
 
     def __init__(self, backbone, num_classes: int, image_size: int = 224, settings: ERMSettings | None = None):
         super().__init__()
-        self.settings = settings or ERMSettings()
+        self.settings = settings or self.Settings()
         self.backbone = backbone
         self.head = nn.Linear(backbone.channels, num_classes)  # PyTorch default init, as TLlib
 
@@ -34,11 +34,15 @@ class ERM(Method):
         return [{"params": list(self.backbone.body.parameters()), "lr": lr * backbone_lr_mult},
                 {"params": list(self.head.parameters()), "lr": lr}]
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's input: the backbone's pooled last feature map."""
+        return pooled(self.backbone(images))
+
     def training_step(self, views, labels, epoch):
-        logits = self.head(pooled(self.backbone(views[0])))
+        logits = self.head(self.features(views[0]))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.settings.smoothing)
         return {"loss": loss, "cls": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
 
     @torch.no_grad()
     def heads(self, images):
-        return {"main": self.head(pooled(self.backbone(images)))}
+        return {"main": self.head(self.features(images))}

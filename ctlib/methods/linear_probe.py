@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ..validation import check_settings, real
-from .base import Method, pooled
+from .erm import ERM
 
 
 @dataclass
@@ -26,19 +24,16 @@ class LinearProbeSettings:
         check_settings("linear_probe", [real("smoothing", self.smoothing, 0, 1, hi_open=True)])
 
 
-class LinearProbe(Method):
+class LinearProbe(ERM):
+    """ERM's head and loss on frozen features."""
     name = "linear_probe"
-    view_kinds = ("image",)
     Settings = LinearProbeSettings
 
     def __init__(self, backbone, num_classes: int, image_size: int = 224,
                  settings: LinearProbeSettings | None = None):
-        super().__init__()
-        self.settings = settings or LinearProbeSettings()
-        self.backbone = backbone
+        super().__init__(backbone, num_classes, image_size, settings)   # head: PyTorch default init, as ERM
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        self.head = nn.Linear(backbone.channels, num_classes)  # PyTorch default init, as ERM
         self.backbone.eval()
 
     def train(self, mode: bool = True):
@@ -51,13 +46,4 @@ class LinearProbe(Method):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return pooled(self.backbone(images))
-
-    def training_step(self, views, labels, epoch):
-        logits = self.head(self.features(views[0]))
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.settings.smoothing)
-        return {"loss": loss, "cls": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
-
-    @torch.no_grad()
-    def heads(self, images):
-        return {"main": self.head(self.features(images))}
+            return super().features(images)
