@@ -9,7 +9,7 @@ Every run's record names the recipe or profile its settings came from (``config.
 from __future__ import annotations
 
 from .engine import RunConfig
-from .recipes import METHOD_RUN_DEFAULTS, dataset_classes, recipe
+from .recipes import METHOD_RUN_DEFAULTS, dataset_classes, default_confusing, recipe
 
 PROFILES = {
     # EfficientNet-Lite0 with its packaged ImageNet weights works offline on any machine
@@ -49,7 +49,7 @@ def run_config(profile: str, method: str, dataset: str = "demo", sample_rate: in
         run.update(METHOD_RUN_DEFAULTS.get(method, {}))
         args, described = dict(SMOKE_METHOD_ARGS.get(method, {})), dict(SMOKE_RECIPE)
         if method == "concept_tuning" and num_classes:
-            args["confusing"] = num_classes - 1 if num_classes <= 10 else min(100, num_classes - 1)
+            args["confusing"] = default_confusing(num_classes)     # C - 1 = 9 on the demo set
     args.update(method_args or {})
     run.update(overrides)
     return RunConfig(method=method, method_args=args, dataset=dataset, data_root=data_root, sample_rate=sample_rate,

@@ -63,7 +63,7 @@ def _tllib_schedule(pretraining: str) -> dict:
 def _concept_tuning(dataset: str, sample_rate: int, pretraining: str, num_classes: int | None) -> Recipe:
     if pretraining == "moco":
         return Recipe("ct-moco-tllib", TLLIB + " (MoCo block)", _tllib_schedule("moco"),
-                      {"confusing": _default_confusing(num_classes)},
+                      {"confusing": default_confusing(num_classes)},
                       "the authors publish no self-supervised recipe; TLlib's MoCo recipe (which the paper says "
                       "its baselines follow) with training.py's confusing default (clipped to C - 1)")
     if dataset == "cub200":
@@ -82,13 +82,14 @@ def _concept_tuning(dataset: str, sample_rate: int, pretraining: str, num_classe
     lr = 0.001 if dataset == "caltech101" else 0.01
     return Recipe("ct-code-defaults", AUTHORS_CODE,
                   {"lr": lr, "epochs": 30, "iters_per_epoch": 500, "milestones": (12, 24), "schedule": "multistep",
-                   "backbone_lr_mult": 0.1}, {"confusing": _default_confusing(num_classes)},
+                   "backbone_lr_mult": 0.1}, {"confusing": default_confusing(num_classes)},
                   f"the authors publish no recipe for {dataset}: training.py's defaults (30 epochs, decays at 12 and "
                   "24, confusing 100 clipped to C - 1)" + ("; lr 1e-3 as TLlib's vision benchmark uses for "
                                                            "Caltech-101" if lr == 0.001 else ""))
 
 
-def _default_confusing(num_classes: int | None) -> int:
+def default_confusing(num_classes: int | None) -> int:
+    """training.py's confusing default (100) within what the concept loss allows: 3 <= confusing <= C - 1."""
     return 100 if num_classes is None else max(3, min(100, num_classes - 1))
 
 

@@ -187,6 +187,7 @@ class Run:
         self.single_view = train_view(c.image_size, "image", backbone.mean, backbone.std, c.hflip, c.color_jitter)
         self.eval_transform = evalt
         self.val = None
+        self.test_predictions: dict | None = None   # filled by evaluate(keep_predictions=True)
         if vf:
             self.val = build_dataset(c.dataset, c.data_root, "val", c.sample_rate, evalt, c.seed, val_fraction=vf,
                                      **opts)
@@ -315,7 +316,6 @@ class Run:
                 self.test_predictions = keep
         return out
 
-    test_predictions: dict | None = None
 
     def model_state(self) -> dict:
         """What ``load_model`` needs: the trained method and what identifies it."""
