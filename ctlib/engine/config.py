@@ -88,7 +88,7 @@ class RunConfig:
             flag("skip_bad_images", self.skip_bad_images),
             ("recipe", self.recipe, isinstance(self.recipe, dict), "a dict (name, source, note)"),
             flag("download", self.download),
-            ("device", self.device, _is_device(self.device), "a torch device, e.g. 'cpu', 'cuda' or 'cuda:1'"),
+            ("device", self.device, _is_device(self.device), "a torch device, e.g. 'cpu', 'cuda' or 'cuda:1', or 'auto'"),
             integer("num_workers", self.num_workers, 0), integer("eval_batch_size", self.eval_batch_size, 1),
             ("results_dir", self.results_dir,
              isinstance(self.results_dir, (str, os.PathLike)) and str(self.results_dir) != "", "a folder path"),
@@ -135,6 +135,8 @@ def config_diff(a: dict, b: dict) -> dict:
 def _is_device(device) -> bool:
     if not isinstance(device, (str, torch.device)):
         return False
+    if device == "auto":                 # CUDA, else MPS, else CPU (engine.run.resolve_device)
+        return True
     try:
         torch.device(device)
     except (RuntimeError, ValueError):

@@ -35,11 +35,12 @@ def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 
     preds: dict[str, list] = {}
     targets = []
     try:
-        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress,
-                                   mininterval=progress_interval()):
-            for name, logits in method.heads(images.to(device)).items():
-                preds.setdefault(name, []).append(logits.argmax(1).cpu())
-            targets.append(labels)
+        with torch.no_grad():   # no autograd graph: evaluation only reads the heads
+            for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress,
+                                       mininterval=progress_interval()):
+                for name, logits in method.heads(images.to(device)).items():
+                    preds.setdefault(name, []).append(logits.argmax(1).cpu())
+                targets.append(labels)
     finally:
         method.train(was)
     target = torch.cat(targets)

@@ -322,9 +322,10 @@ class Run:
         return {"config_hash": self.config.hash(), "config": self.config.identity(), "num_classes": self.num_classes,
                 "method": self.method.state_dict()}
 
-    def state(self, epoch: int, history: list, elapsed: float) -> dict:
+    def state(self, epoch: int, history: list, elapsed: float, train_times: list) -> dict:
         """The full state an interrupted run resumes from."""
         return {**self.model_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
+                "train_times": train_times,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state()}
 
@@ -353,6 +354,15 @@ def final_metrics(history: list, note: str | None = None) -> dict:
     return out
 
 
+def _timing(train_times: list, elapsed: float, config: RunConfig) -> dict:
+    """Training and evaluation seconds of the run (the pre-pass is timed in ``prepare``); per step: the
+    training seconds over the steps (an epoch's data loading included)."""
+    train = sum(train_times)
+    steps = config.epochs * config.iters_per_epoch
+    return {"train_s": round(train, 2), "eval_s": round(max(0.0, elapsed - train), 2), "steps": steps,
+            "step_s": round(train / steps, 4) if len(train_times) == config.epochs else None}
+
+
 def _peak_memory_mb(device: torch.device) -> dict:
     mem = {"cpu_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
@@ -369,9 +379,10 @@ def _finished_record(config: RunConfig, record_path: Path) -> dict | None:
     return None
 
 
-def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict | None:
+def fit(config: RunConfig | dict, stop_after_epoch: int | None = None, on_epoch=None) -> dict | None:
     """Train and evaluate one run; returns its record. ``stop_after_epoch`` ends the process of training
     after that many epochs with the checkpoint written, as a kill would (for tests); it returns None.
+    ``on_epoch(epoch)`` is called after each epoch trained here is saved (1-based; e.g. a grid's progress bar).
 
     While it trains, the run folder is locked (``ctlib.engine.lock``): a run another live process trains
     is waited for up to ``config.lock_timeout`` seconds, then ``RunLockedError``; once the lock is taken,
@@ -388,15 +399,16 @@ def fit(config: RunConfig | dict, stop_after_epoch: int | None = None) -> dict |
         if rec is not None:
             log.info("run %s was finished by another process meanwhile: %s", config.run_id(), record_path)
             return rec
-        return _train(config, out, stop_after_epoch)
+        return _train(config, out, stop_after_epoch, on_epoch)
 
 
-def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict | None:
+def _train(config: RunConfig, out: Path, stop_after_epoch: int | None, on_epoch=None) -> dict | None:
     """``fit`` under the run's lock."""
     record_path, ckpt_path, prepare_path = out / RECORD_NAME, out / CHECKPOINT_NAME, out / PREPARE_NAME
     run = Run(config)
     history: list = []
     start, elapsed = 0, 0.0
+    train_times: list = []        # seconds of training (no evaluation) per epoch
     state = None
     if ckpt_path.exists():
         state = load_run_file(ckpt_path, "run checkpoint", f"Delete it to restart the run from scratch (its "
@@ -410,6 +422,7 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
     if state is not None:
         run.load_state(state)
         start, history, elapsed = state["epoch"], state["history"], state["elapsed"]
+        train_times = list(state.get("train_times", []))
         log.info("resuming %s after epoch %d", config.run_id(), start)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -417,11 +430,14 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
         t0 = time.time()
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         train_parts = run.train_epoch(epoch)
+        train_times.append(time.time() - t0)
         run.scheduler.step()
         metrics = run.evaluate(keep_predictions=epoch + 1 == config.epochs)
         elapsed += time.time() - t0
         history.append({"epoch": epoch + 1, "lr": lrs, "train": train_parts, **metrics})
-        save_torch_atomic(run.state(epoch + 1, history, elapsed), ckpt_path)
+        save_torch_atomic(run.state(epoch + 1, history, elapsed, train_times), ckpt_path)
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
     if run.test_predictions is None:             # resumed after the last epoch: predict again
@@ -432,7 +448,8 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None) -> dict |
               "config_hash": config.hash(),
               "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
               "data": run.data_info(), "history": history, "final": final_metrics(history, run.method.protocol_note()),
-              "wall_time_s": round(elapsed, 2), "peak_memory": _peak_memory_mb(run.device),
+              "wall_time_s": round(elapsed, 2), "timing": _timing(train_times, elapsed, config),
+              "peak_memory": _peak_memory_mb(run.device),
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if prepare_info is not None:
         record["prepare"] = prepare_info
