@@ -1,4 +1,4 @@
-"""Plots for the notebooks: learning curves from run records, concept patches on images."""
+"""Plots for the notebooks: accuracy per method, learning curves from run records, concept patches on images."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -25,6 +25,94 @@ def plot_learning_curves(history, metric: str = "top1", split: str = "test", ax=
         a.legend(fontsize=8, title=None)
     plt.tight_layout()
     return ax
+
+
+def _long(frame, protocols=("reference", "honest")):
+    from .tables import PROTOCOLS
+
+    keep = [c for c in frame.columns if c not in protocols]
+    long = frame.melt(id_vars=keep, value_vars=list(protocols), var_name="protocol", value_name="top1")
+    long["protocol"] = long["protocol"].map({p: PROTOCOLS[p].split(":")[0] for p in protocols})
+    return long
+
+
+def plot_accuracy(frame, x: str = "sample_rate", hue: str = "method", title: str | None = None):
+    """Test top-1 of each run of a table (``ctlib.tables.grid_frame``): one panel per dataset and protocol;
+    a line over ``x`` when the table has several values of it (mean and spread over seeds), else bars."""
+    import seaborn as sns
+
+    long = _long(frame)
+    if long[x].nunique() > 1:
+        g = sns.relplot(data=long, x=x, y="top1", hue=hue, col="protocol", row="dataset", kind="line", marker="o",
+                        height=3.2, aspect=1.2, errorbar="sd")
+    else:
+        g = sns.catplot(data=long, x="top1", y=hue, col="protocol", row="dataset", kind="bar", height=max(2.5, 0.3 *
+                        long[hue].nunique() + 1), aspect=1.3, errorbar="sd", color="tab:blue")
+    g.set_axis_labels(x if long[x].nunique() > 1 else "test top-1 (%)", "test top-1 (%)" if long[x].nunique() > 1
+                      else "")
+    if title:
+        g.figure.suptitle(title, fontsize=9, y=1.02)
+    return g
+
+
+def save_figure(results_dir, name: str, dpi: int = 120):
+    """Save the current figure as ``results_dir/<name>.png`` (beside the tables; ``ctlib reproduce``'s index
+    links it); returns the path."""
+    from pathlib import Path
+
+    path = Path(results_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.gcf().savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_sensitivity(frame, title: str | None = None):
+    """Test top-1 against each swept setting's value: one panel per setting, one line per protocol."""
+    import seaborn as sns
+
+    long = _long(frame)
+    settings = list(dict.fromkeys(long["setting"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.2 * len(settings), 3.0), squeeze=False, sharey=True)
+    for ax, setting in zip(axes[0], settings):
+        sns.lineplot(data=long[long["setting"] == setting], x="value", y="top1", hue="protocol", marker="o",
+                     errorbar="sd", ax=ax, legend=ax is axes[0][0])
+        ax.set_title(setting)
+        ax.set_xlabel(setting)
+        ax.set_ylabel("test top-1 (%)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    plt.tight_layout()
+    return axes[0]
+
+
+def plot_negative_transfer(frame, title: str | None = None):
+    """Per method: the share of test images scratch gets right and the method wrong, and the reverse."""
+    import seaborn as sns
+
+    long = frame.melt(id_vars=["method", "dataset", "seed"], value_vars=["scratch_right_method_wrong_pct",
+                      "method_right_scratch_wrong_pct"], var_name="share", value_name="percent of test images")
+    long["share"] = long["share"].map({"scratch_right_method_wrong_pct": "scratch right, method wrong",
+                                       "method_right_scratch_wrong_pct": "method right, scratch wrong"})
+    g = sns.catplot(data=long, y="method", x="percent of test images", hue="share", col="dataset", kind="bar",
+                    errorbar="sd", height=0.3 * long["method"].nunique() + 1.5, aspect=1.6)
+    if title:
+        g.figure.suptitle(title, fontsize=9, y=1.02)
+    return g
+
+
+def plot_cost(costs):
+    """Seconds per training step and peak memory of each method as multiples of ERM's."""
+    import seaborn as sns
+
+    cols = [c for c in ("step_s_x_erm", "peak_rss_mb_x_erm", "peak_cuda_mb_x_erm") if costs[c].notna().any()]
+    long = costs.melt(id_vars=["method"], value_vars=cols, var_name="measure", value_name="× ERM")
+    long["measure"] = long["measure"].map({"step_s_x_erm": "time per step", "peak_rss_mb_x_erm": "peak RSS",
+                                           "peak_cuda_mb_x_erm": "peak CUDA memory"})
+    g = sns.catplot(data=long, y="method", x="× ERM", col="measure", kind="bar", errorbar="sd",
+                    height=0.3 * long["method"].nunique() + 1.5, aspect=1.2, color="tab:blue", sharex=False)
+    for ax in g.axes.flat:
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    return g
 
 
 def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
