@@ -74,9 +74,10 @@ def add_run_commands(sub) -> None:
     run = sub.add_parser(
         "run", help="execute a notebook with papermill",
         description="Execute notebooks/NOTEBOOK.ipynb through papermill. Results and the executed notebook go to "
-                    "--out (default results/NOTEBOOK). Finished runs are skipped and interrupted ones resume, so "
-                    "running the same command again continues where it stopped. Parameters are checked against "
-                    "the notebook's parameters cell before anything runs. A failing cell exits 1 naming the cell; "
+                    "--out (default results/PROFILE, shared by every notebook of that profile). Finished runs are "
+                    "skipped and interrupted ones resume, so running the same command again continues where it "
+                    "stopped. Parameters are checked against the notebook's parameters cell before anything runs. "
+                    "A failing cell exits 1 naming the cell; "
                     "the failed notebook is written as NOTEBOOK.failed.ipynb and the last good NOTEBOOK.ipynb kept.")
     run.add_argument("notebook", metavar="NOTEBOOK", choices=available_notebooks(),
                      help=f"one of: {', '.join(available_notebooks())}")
@@ -119,8 +120,63 @@ def add_convert_commands(sub) -> None:
     conv.set_defaults(func=_convert_moco)
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from ctlib.grids import GridError
+    from ctlib.reproduce_all import ReproduceError, parse_data_roots, parse_list, parse_seeds, plan, reproduce
+
+    try:
+        gpus = parse_list(args.gpus)
+        if gpus is not None and not all(g.isdigit() for g in gpus):
+            raise ReproduceError(f"--gpus: GPU indices separated by commas (e.g. 0,1), got {args.gpus!r}")
+        chosen = plan(profile=args.profile, only=parse_list(args.only), device=args.device,
+                      data_roots=parse_data_roots([p for group in args.data_root for p in group]),
+                      seeds=parse_seeds(args.seeds), methods=parse_list(args.methods),
+                      moco_checkpoint=args.moco_checkpoint, jobs=args.jobs,
+                      gpus=None if gpus is None else [int(g) for g in gpus], threads=args.threads, out=args.out)
+    except (ReproduceError, GridError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = reproduce(chosen, force=args.force)
+    except KeyboardInterrupt:
+        print("\ninterrupted: call the same command again to continue (finished runs are kept, interrupted runs "
+              "resume from their last finished epoch)", file=sys.stderr)
+        return 130
+    for rid, tb in summary.tracebacks.items():
+        print(f"\nrun {rid} failed:\n{tb}", file=sys.stderr)
+    print(summary.format())
+    return EXIT_OK if summary.ok else EXIT_PROBLEMS
+
+
+def add_reproduce_commands(sub) -> None:
+    from ctlib.grids import NOTEBOOKS
+
+    rep = sub.add_parser(
+        "reproduce", help="train every run of a profile's table notebooks, then execute them",
+        description="Reproduce the table notebooks of a profile: check every input, train the runs that have no "
+                    "record (N at a time; finished runs are skipped, interrupted ones resume, so calling it again "
+                    "after Ctrl-C loses at most the epoch in flight), execute each notebook whose inputs changed "
+                    "since its last execution, and write OUT/index.md. Exits 0 when every notebook is ok, 1 naming "
+                    "a failed run or notebook cell, 2 on bad input (before anything is trained).")
+    rep.add_argument("--profile", default="smoke", help="smoke (default), cpu or paper")
+    rep.add_argument("--only", metavar="NAME,...", help=f"only these notebooks, of: {', '.join(NOTEBOOKS)}")
+    rep.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps or auto")
+    rep.add_argument("--data-root", nargs="+", action="append", default=[], metavar="NAME=PATH",
+                     help="a dataset's folder, e.g. --data-root cub200=/data/cub200 (check it with `ctlib data check`)")
+    rep.add_argument("--seeds", metavar="0,1,2", help="seeds of every grid (default: the profile's)")
+    rep.add_argument("--methods", metavar="erm,...", help="methods of the grids that compare methods (not ablation "
+                                                           "or sensitivity)")
+    rep.add_argument("--moco-checkpoint", metavar="PATH", help="MoCo checkpoint for fgvc_selfsupervised")
+    rep.add_argument("--jobs", type=int, default=None, help="runs trained at once, each in its own process (default 1)")
+    rep.add_argument("--gpus", metavar="0,1", help="one worker per GPU (with --device cuda)")
+    rep.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
+    rep.add_argument("--out", default=None, help="results folder (default: results/<profile>)")
+    rep.add_argument("--force", action="store_true", help="execute every notebook even if it is up to date")
+    rep.set_defaults(func=_reproduce)
+
+
 #: every subcommand group; add new ones here
-COMMANDS: list[Callable] = [add_data_commands, add_run_commands, add_convert_commands]
+COMMANDS: list[Callable] = [add_data_commands, add_run_commands, add_convert_commands, add_reproduce_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

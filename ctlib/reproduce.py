@@ -108,6 +108,17 @@ def check_parameters(name: str, parameters: dict) -> None:
     raise NotebookParameterError("\n".join(lines))
 
 
+def _profile(name: str, parameters: dict) -> str:
+    """The profile a run of the notebook uses: the ``profile`` parameter given, else its default."""
+    if "profile" in parameters:
+        return parameters["profile"]
+    default = (notebook_parameters(name) or {}).get("profile")
+    try:
+        return ast.literal_eval(default) if default else "smoke"
+    except (ValueError, SyntaxError):
+        return "smoke"
+
+
 def _describe_failure(error, name: str, failed: Path) -> str:
     source = error.source if isinstance(error.source, str) else "".join(error.source or [])
     first = next((line.strip() for line in source.splitlines() if line.strip()), "")
@@ -120,7 +131,8 @@ def _describe_failure(error, name: str, failed: Path) -> str:
 def run_notebook(name: str, out_dir=None, parameters: dict | None = None, kernel: str = "python3",
                  progress: bool = True, cell_timeout: int | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with ``parameters``; results go to ``out_dir`` (default
-    ``results/<name>``), the executed notebook beside them as ``<name>.ipynb``.
+    ``results/<profile>``, the folder every notebook of that profile shares), the executed notebook beside them
+    as ``<name>.ipynb``.
 
     Unknown parameters raise NotebookParameterError before anything runs. A failing cell raises
     NotebookFailed (never a silent success); the previous ``<name>.ipynb`` is then kept and the failed
@@ -131,7 +143,7 @@ def run_notebook(name: str, out_dir=None, parameters: dict | None = None, kernel
 
     src = _notebook_path(name)
     check_parameters(name, parameters or {})
-    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "results" / name
+    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "results" / str(_profile(name, parameters or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"results_dir": str(out_dir.resolve()), **(parameters or {})}
     dest, running, failed = (out_dir / f"{name}{suffix}.ipynb" for suffix in ("", ".running", ".failed"))
