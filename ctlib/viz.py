@@ -44,12 +44,14 @@ def plot_accuracy(frame, x: str = "sample_rate", hue: str = "method", title: str
     long = _long(frame)
     if long[x].nunique() > 1:
         g = sns.relplot(data=long, x=x, y="top1", hue=hue, col="protocol", row="dataset", kind="line", marker="o",
-                        height=3.2, aspect=1.2, errorbar="sd")
+                        height=3.2, aspect=1.3, errorbar="sd")
+        g.set_axis_labels(x, "test top-1 (%)")
     else:
-        g = sns.catplot(data=long, x="top1", y=hue, col="protocol", row="dataset", kind="bar", height=max(2.5, 0.3 *
-                        long[hue].nunique() + 1), aspect=1.3, errorbar="sd", color="tab:blue")
-    g.set_axis_labels(x if long[x].nunique() > 1 else "test top-1 (%)", "test top-1 (%)" if long[x].nunique() > 1
-                      else "")
+        height = max(2.5, 0.3 * long[hue].nunique() + 1)
+        g = sns.catplot(data=long, x="top1", y=hue, col="protocol", row="dataset", kind="bar", height=height,
+                        aspect=max(1.3, 4.5 / height), errorbar="sd", color="tab:blue")
+        g.set_axis_labels("test top-1 (%)", "")
+    g.set_titles(template="{row_name} · {col_name}")
     if title:
         g.figure.suptitle(title, fontsize=9, y=1.02)
     return g

@@ -119,3 +119,12 @@ def test_two_workers_train_two_runs_and_the_bar_counts_their_weighted_steps(tmp_
     assert failed == {} and all(is_finished(c) for c in runs)
     assert bar.n == sum(run_weight(c) for c in runs) and len(bar.postfix) == 2
     assert train(Plan("smoke", tmp_path, [], [], runs, workers=[None, None], threads=1), bar) == {}   # nothing left
+
+
+def test_ctlib_run_writes_to_the_profiles_shared_folder():
+    """`ctlib run NAME` without --out writes to results/<profile>: the profile given, else the notebook's default."""
+    from ctlib.reproduce import _profile
+
+    assert _profile("fgvc_supervised", {}) == "smoke"
+    assert _profile("fgvc_supervised", {"profile": "paper"}) == "paper"
+    assert _profile("quickstart", {}) == "smoke"
