@@ -103,10 +103,12 @@ def display(summary, index, columns=None, value: str = "reference"):
 
 
 def accuracy_display(summary, index, columns=None):
-    """Both protocols side by side, and the published numbers where the table has them."""
+    """The number of seeds, both protocols side by side, and the published numbers where the table has them."""
     import pandas as pd
 
-    parts = {PROTOCOLS[p]: display(summary, index, columns, p) for p in PROTOCOLS}
+    seeds = (summary.pivot_table(index=list(index), columns=list(columns), values="n", aggfunc="first", sort=False)
+             if columns else summary.set_index(list(index))[["n"]])
+    parts = {"n (seeds)": seeds, **{PROTOCOLS[p]: display(summary, index, columns, p) for p in PROTOCOLS}}
     if "published" in summary and summary["published"].notna().any():
         pub = summary.copy()
         pub["cell"] = [mean_std(v, None) for v in pub["published"]]
