@@ -60,9 +60,9 @@ def cost_frame(frame):
     time, and each as a ratio to the ERM run of the same dataset, sample rate, seed and backbone."""
     cols = ["method", *GROUP, "step_s", "train_s", "eval_s", "prepare_s", "wall_time_s", "peak_rss_mb", "peak_cuda_mb",
             "device"]
-    out = frame[cols].copy()
-    erm = out[out["method"] == "erm"].set_index(list(GROUP))
-    for col in ("step_s", "wall_time_s", "peak_rss_mb", "peak_cuda_mb"):
-        base = out.set_index(list(GROUP)).index.map(lambda k, col=col: erm[col].get(k) if k in erm.index else None)
-        out[f"{col}_x_erm"] = out[col].astype(float) / np.asarray(base, dtype=float)
+    measures = ["step_s", "wall_time_s", "peak_rss_mb", "peak_cuda_mb"]
+    erm = frame.loc[frame["method"] == "erm", [*GROUP, *measures]].astype({m: float for m in measures})
+    out = frame[cols].merge(erm, on=list(GROUP), how="left", suffixes=("", "_erm"))
+    for m in measures:
+        out[f"{m}_x_erm"] = out[m].astype(float) / out.pop(f"{m}_erm")
     return out

@@ -188,15 +188,11 @@ def check_data_roots(datasets, data_roots: dict) -> None:
         raise GridError(f"no data root for dataset(s) {missing}: pass data_roots={{'{d}': '/path/to/{d}'}} (the "
                         f"notebook parameter, or `ctlib reproduce --data-root {d}=PATH`); check a folder first with "
                         f"`ctlib data check {d} PATH` (data/README.md says where to get it)")
-    unknown = [d for d in data_roots if d not in datasets]
-    if unknown and not set(unknown) <= set(_all_datasets()):
-        bad = sorted(set(unknown) - set(_all_datasets()))
-        raise GridError(f"data root given for unknown dataset(s) {bad}: choose from {_all_datasets()}")
-
-
-def _all_datasets() -> list:
     from .data import available
-    return available()
+
+    bad = [d for d in data_roots if d not in available()]
+    if bad:
+        raise GridError(f"data root given for unknown dataset(s) {bad}: choose from {available()}")
 
 
 def moco_standin(results_dir: Path) -> Path:
