@@ -76,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "over them and the peak is their maximum; >1 evens out load from other processes")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP/MKL threads)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="the run setting channels_last (auto: on for CPU and CUDA); a spec's [channels_last=...] wins")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="the run setting amp (auto: bf16/fp16 on CUDA, off elsewhere); a spec's [amp=...] wins")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated method specs: a name of ctlib.methods.METHODS, optionally with settings "
                         "in brackets, e.g. 'erm,concept_tuning[patch_forward=batched],concept_tuning' (the first "
@@ -106,8 +110,20 @@ def _parse_value(text: str):
     return text
 
 
+RUN_KEYS = ("channels_last", "amp")      # run settings a spec may carry: not the method's
+
+
+def run_settings(a: argparse.Namespace, spec: str) -> dict:
+    """The run's layout and precision settings: --channels-last / --amp, overridden by the spec's brackets."""
+    cl = {"auto": "auto", "on": True, "off": False}[a.channels_last]
+    s = {"channels_last": cl, "amp": a.amp}
+    s.update({k: v for k, v in split_spec(spec)[1].items() if k in RUN_KEYS})
+    return s
+
+
 def method_settings(a: argparse.Namespace, spec: str) -> dict:
     method, extra = split_spec(spec)
+    extra = {k: v for k, v in extra.items() if k not in RUN_KEYS}
     if method != "concept_tuning":
         return extra
     s = {"K": a.K, "confusing": a.confusing}
@@ -152,6 +168,7 @@ def worker(a: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
+    from ctlib.engine.precision import Precision, train_step
     from ctlib.methods import build_method
     from ctlib.models import build_backbone
 
@@ -168,6 +185,8 @@ def worker(a: argparse.Namespace) -> dict:
     if backbone.source_head is None:     # random weights: a stand-in ImageNet head for Co-Tuning and LWF
         backbone.source_head = torch.nn.Linear(backbone.channels, 1000)
     method = build_method(name, backbone, a.classes, a.size, settings).to(device)
+    rs = run_settings(a, spec)
+    precision = Precision.resolve(rs["channels_last"], rs["amp"], device)
     prepared = synthetic_prepared(method, a.batch)
     if prepared is not None:
         method.set_prepared(prepared)
@@ -188,13 +207,11 @@ def worker(a: argparse.Namespace) -> dict:
     log(f"built {a.backbone} {name} in {build_s:.1f}s, RSS {model_mb:.0f} MB, "
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.1f}M parameters")
 
-    def step(epoch: int) -> dict:
-        optimizer.zero_grad(set_to_none=True)
+    def step(epoch: int) -> dict:      # as Run.train_epoch: engine.precision.train_step, then the optimiser
         extra = {"index": index} if getattr(method, "needs_index", False) else {}
-        out = method.training_step(views, labels, epoch, **extra)   # may back-propagate part of its loss itself
-        loss = out.pop("loss")
-        loss.backward()
-        optimizer.step()
+        loss, out = train_step(method, optimizer, precision, views, labels, epoch, extra)
+        loss.item()
+        precision.step(optimizer)
         return out
 
     times, cpu_times, last = [], [], {}
@@ -214,7 +231,7 @@ def worker(a: argparse.Namespace) -> dict:
     res = {"method": spec, "step_s": statistics.median(times), "step_times_s": [round(t, 4) for t in times],
            "step_cpu_s": statistics.median(cpu_times),
            "peak_mb": round(_maxrss_mb(), 1), "model_mb": round(model_mb, 1), "build_s": round(build_s, 2),
-           "settings": settings,
+           "settings": settings, "precision": precision.describe(),
            "last_step": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in last.items()}}
     if device.type == "cuda":
         res["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
@@ -298,7 +315,8 @@ def main(argv=None) -> None:
     out["settings"] = {"backbone": a.backbone, "size": a.size, "batch": a.batch, "classes": a.classes,
                        "confusing": a.confusing, "K": a.K, "steps": a.steps, "warmup": a.warmup,
                        "repeats": a.repeats,
-                       "device": a.device, "methods": {short(m): r["settings"] for m, r in res.items()}}
+                       "device": a.device, "methods": {short(m): r["settings"] for m, r in res.items()},
+                       "precision": {short(m): r["precision"] for m, r in res.items()}}
     out["threads"] = a.threads
     out["torch"] = torch.__version__
     out["cpu_count"] = os.cpu_count()
@@ -309,7 +327,9 @@ def main(argv=None) -> None:
           f"{a.threads} threads, {a.device}; median of {a.steps} steps after {a.warmup} warm-up"
           + (f", {a.repeats} processes per method" if a.repeats > 1 else ""))
     for m, r in res.items():
-        print(f"  {short(m):32s} step {r['step_s']:8.3f} s (fastest {min(r['step_times_s']):.3f} s, "
+        pr = r["precision"]
+        print(f"  {short(m):32s} [{'channels-last' if pr['channels_last'] else 'contiguous'}, amp {pr['amp']}] "
+              f"step {r['step_s']:8.3f} s (fastest {min(r['step_times_s']):.3f} s, "
               f"CPU {r['step_cpu_s']:.2f} s)   peak RSS {r['peak_mb']:8.0f} MB "
               f"(after build {r['model_mb']:.0f} MB)"
               + (f"   CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""))

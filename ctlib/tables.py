@@ -18,6 +18,18 @@ PROTOCOLS = {"reference": "reference protocol: best head and epoch, chosen on te
 CONFIG_COLUMNS = ("method", "dataset", "sample_rate", "seed", "backbone")
 
 
+#: how a Concept-Tuning run in the fast concept mode is named in tables: never as the paper's method, and
+#: never joined to its published numbers
+FAST_MODE_LABEL = "concept_tuning (fast mode: not the paper's method)"
+
+
+def method_label(method: str, method_settings: dict) -> str:
+    """The method's name in tables: its registry name, except for the fast concept mode."""
+    if method == "concept_tuning" and method_settings.get("concept_features") == "feature_map":
+        return FAST_MODE_LABEL
+    return method
+
+
 def grid_frame(grid, strict: bool = True):
     """One row per run of ``grid`` (a ``ctlib.grids.Grid``): its labels, settings, final top-1 under both
     protocols, the last epoch's top-1 of every head, and its cost. An unfinished run is an error
@@ -37,6 +49,7 @@ def grid_frame(grid, strict: bool = True):
         final, last = rec["final"], rec["history"][-1]
         c = rec["config"]
         row = {**r.labels, **{k: c[k] for k in CONFIG_COLUMNS}, "run_id": rec["run_id"],
+               "method": method_label(c["method"], rec.get("method_settings") or {}),
                "reference": final["reference"]["top1"], "reference_head": final["reference"]["head"],
                "reference_epoch": final["reference"]["epoch"],
                "honest": (final.get("val_selected") or final["main_last"])["top1"]}

@@ -69,7 +69,8 @@ def _search_patches(model, feature_maps, preds, labels, geo, size):
 def _patch_features(encoder, images, boxes, geo):
     """Contuning.patch_features: one encoder pass per slot, a deep copy of the head, L2-normalised."""
     batch_size = images.size(0)
-    patches = roi_align(images, boxes, output_size=(geo.box_size, geo.box_size), spatial_scale=1.0, aligned=True)
+    patches = roi_align(images, boxes.to(images.dtype), output_size=(geo.box_size, geo.box_size), spatial_scale=1.0,
+                        aligned=True)   # .to: the reference's float boxes, for a float64 check of ours
     patches = patches.reshape(batch_size, geo.num_patches, 3, geo.box_size, geo.box_size)
     class_cls = copy.deepcopy(encoder.head)
     emb = []

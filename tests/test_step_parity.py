@@ -72,10 +72,12 @@ def _compare(ours, ref, out, ref_out, step):
     return bad
 
 
-def _parity(ours, ref, steps=3, stop_early=False):
+def _parity(ours, ref, steps=3, stop_early=False, channels_last=False, dtype=torch.float32):
     """ctlib trains ``steps`` SGD steps; before each, the reference copy takes ctlib's state (weights,
     queues, pointers, BN statistics) and both make the step from it. (Run freely side by side, the two
-    trajectories drift apart: float rounding of order 1e-7 grows through batch-norm over few values.)"""
+    trajectories drift apart: float rounding of order 1e-7 grows through batch-norm over few values.)
+    ``channels_last``: ctlib gets its views as the run setting lays them out; the reference, contiguous.
+    ``dtype``: of the views (the models must have it too)."""
     opt = _optimizer(ours)
     mismatches = []
     for step in range(steps):
@@ -83,7 +85,9 @@ def _parity(ours, ref, steps=3, stop_early=False):
         ref.load_state_dict(ours.state_dict())
         opt.zero_grad(set_to_none=True)
         ref.zero_grad(set_to_none=True)
-        out = ours.training_step([v.clone() for v in views], labels, epoch=0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        views = [v.to(dtype) for v in views]
+        out = ours.training_step([v.clone().contiguous(memory_format=layout) for v in views], labels, epoch=0)
         out["loss"].backward()
         ref_out = reference_step(ref, [v.clone() for v in views], labels, epoch=0)
         mismatches += _compare(ours, ref, out, ref_out, step)
@@ -104,6 +108,16 @@ def test_training_step_matches_the_reference(m):
     assert ours.settings.patch_forward == "grouped"          # the default is what is checked
     mismatches = _parity(ours, ref)
     assert not mismatches, "\n".join(mismatches[:20])
+
+
+def test_channels_last_layout_matches_the_contiguous_reference():
+    """The channels_last run setting (on by default) lays out inputs, feature maps and crops channels-last:
+    the same step computed in another order. In float64, where rounding cannot hide a real difference, it
+    must be the reference's step to the same tolerances. (In float32 the two orders' rounding, amplified by
+    batch-norm over few values at this tiny size, moves some gradients by ~1e-3 relative; in float64 the
+    layouts agree to ~1e-13.)"""
+    ours, ref = _models(m=0.5)
+    assert not _parity(ours.double(), ref.double(), steps=2, channels_last=True, dtype=torch.float64)
 
 
 def test_per_slot_patch_forward_matches_the_reference_too():

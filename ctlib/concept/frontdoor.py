@@ -95,7 +95,8 @@ class FrontDoorHead(nn.Module):
 
     def forward(self, fmap: torch.Tensor):
         """(logits, μ, σ); μ and σ are None without the bottleneck."""
-        feats = self.attend(fmap).mean((2, 3))
+        # channels-last maps (the channels_last run setting) would send the attention to slow strided paths
+        feats = self.attend(fmap.contiguous()).mean((2, 3))
         if self.encoder is None:
             return self.decoder(feats), None, None
         stats = self.encoder(feats)

@@ -115,10 +115,25 @@ def peak_boxes(maps: torch.Tensor, geo: PatchGeometry, image_hw: tuple[int, int]
 def crop_patches(images: torch.Tensor, boxes: torch.Tensor, geo: PatchGeometry) -> torch.Tensor:
     """(B, P, 3, s, s) crops of ``images`` at ``boxes`` by roi_align (aligned, spatial scale 1)."""
     B, P, _ = boxes.shape
-    idx = torch.arange(B, device=boxes.device, dtype=boxes.dtype).repeat_interleave(P)[:, None]
+    idx = torch.arange(B, device=boxes.device, dtype=images.dtype).repeat_interleave(P)[:, None]
     rois = torch.cat([idx, boxes.reshape(B * P, 4).to(images.dtype)], 1)
     crops = roi_align(images, rois, output_size=(geo.box_size, geo.box_size), spatial_scale=1.0, aligned=True)
+    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        crops = crops.contiguous(memory_format=torch.channels_last)      # the crops keep the images' layout
     return crops.view(B, P, *crops.shape[1:])
+
+
+def pool_patches(fmap: torch.Tensor, boxes: torch.Tensor, geo: PatchGeometry) -> torch.Tensor:
+    """(B, P, D) features of the boxes pooled from the feature map the full-image forward computed
+    (RoI-align at 1/stride, a window of box_size/stride cells, then its mean): the fast concept mode's
+    stand-in for encoding each crop again. Differentiable in ``fmap``."""
+    B, P, _ = boxes.shape
+    cells = max(1, round(geo.box_size / geo.feature_stride))
+    idx = torch.arange(B, device=boxes.device, dtype=fmap.dtype).repeat_interleave(P)[:, None]
+    rois = torch.cat([idx, boxes.reshape(B * P, 4).to(fmap.dtype)], 1)
+    pooled = roi_align(fmap, rois, output_size=(cells, cells), spatial_scale=1.0 / geo.feature_stride,
+                       sampling_ratio=-1, aligned=True)
+    return pooled.mean((2, 3)).view(B, P, -1)
 
 
 @dataclass

@@ -28,19 +28,33 @@ def _slot_forward(bn: nn.modules.batchnorm._BatchNorm, slots: int, x: torch.Tens
     if N % slots:
         raise ValueError(f"slot_batchnorm: batch of {N} is not {slots} equal slots")
     B, rest = N // slots, x.shape[2:]
+    cl = _channels_last(x)
     # (P·B, C, ...) slot-major → (B, P·C, ...): one native batch norm, each (slot, channel) its own statistics
-    grouped = x.view(slots, B, C, *rest).transpose(0, 1).reshape(B, slots * C, *rest)
+    if cl:     # keep the channels-last layout: (P, B, H, W, C) → (B, H, W, P, C) in memory
+        grouped = (x.permute(0, 2, 3, 1).reshape(slots, B, *rest, C).permute(1, 2, 3, 0, 4)
+                   .reshape(B, *rest, slots * C).permute(0, 3, 1, 2))
+    else:
+        grouped = x.view(slots, B, C, *rest).transpose(0, 1).reshape(B, slots * C, *rest)
     w = bn.weight.repeat(slots) if bn.weight is not None else None
     b = bn.bias.repeat(slots) if bn.bias is not None else None
     track = bn.training and bn.track_running_stats
     stats = track and (bn.momentum is None or bn.momentum > 0)
     # with momentum 1 into fresh buffers, batch_norm leaves there each slot's mean and unbiased variance
-    mean = torch.zeros(slots * C, dtype=x.dtype, device=x.device) if stats else None
-    var = torch.ones(slots * C, dtype=x.dtype, device=x.device) if stats else None
+    dtype = bn.running_mean.dtype if stats else x.dtype          # float32 statistics under mixed precision
+    mean = torch.zeros(slots * C, dtype=dtype, device=x.device) if stats else None
+    var = torch.ones(slots * C, dtype=dtype, device=x.device) if stats else None
     y = F.batch_norm(grouped, mean, var, w, b, True, 1.0, bn.eps)
     if track:
         _fold_running_stats(bn, slots, mean.view(slots, C) if stats else None, var.view(slots, C) if stats else None)
+    if cl:
+        return (y.permute(0, 2, 3, 1).reshape(B, *rest, slots, C).permute(3, 0, 1, 2, 4)
+                .reshape(N, *rest, C).permute(0, 3, 1, 2))
     return y.view(B, slots, C, *rest).transpose(0, 1).reshape(N, C, *rest)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor laid out channels-last (and not also plainly contiguous, as 1×1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

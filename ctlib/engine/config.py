@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..validation import check_settings, choice, flag, integer, is_int, real
+from .precision import AMP, CHANNELS_LAST
 
 SCHEDULES = ("multistep", "cosine")
 KEEP_CHECKPOINT = ("full", "model", "none")
@@ -45,6 +46,9 @@ class RunConfig:
     color_jitter: bool = False
     seed: int = 0
     skip_bad_images: bool = False        # drop unreadable images (counted in the record) instead of failing
+    channels_last: bool | str = "auto"   # channels-last inputs: "auto" (on for CPU and CUDA), True, False
+    amp: str = "auto"                    # mixed precision: "auto" (CUDA: bf16, else fp16), "off", "bf16", "fp16"
+                                         # channels_last=False, amp="off": the authors' float32 (engine.precision)
     recipe: dict = field(default_factory=dict)   # where the settings come from: name, source, note (ctlib.recipes)
     # not part of the run's identity
     download: bool = False               # let torchvision download the dataset first (users' machines)
@@ -86,6 +90,7 @@ class RunConfig:
             real("weight_decay", self.weight_decay, 0), flag("hflip", self.hflip),
             flag("color_jitter", self.color_jitter), integer("seed", self.seed, 0),
             flag("skip_bad_images", self.skip_bad_images),
+            choice("channels_last", self.channels_last, CHANNELS_LAST), choice("amp", self.amp, AMP),
             ("recipe", self.recipe, isinstance(self.recipe, dict), "a dict (name, source, note)"),
             flag("download", self.download),
             ("device", self.device, _is_device(self.device), "a torch device, e.g. 'cpu', 'cuda' or 'cuda:1', or 'auto'"),

@@ -26,9 +26,13 @@ def accuracy_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
 
 @torch.no_grad()
 def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 0, progress: bool = False,
-             desc: str = "eval", predictions: dict | None = None) -> dict:
+             desc: str = "eval", predictions: dict | None = None, precision=None) -> dict:
     """{head: {"top1", "mean_class"}} for every head of ``method`` on ``dataset``. A ``predictions`` dict is
-    filled with each head's predicted class per image (in dataset order) and the labels (``"target"``)."""
+    filled with each head's predicted class per image (in dataset order) and the labels (``"target"``).
+    ``precision`` (``engine.precision.Precision``): the run's layout and autocast (default: as given, float32)."""
+    from .precision import Precision
+
+    precision = precision or Precision(torch.device(device))
     was = method.training
     method.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -38,7 +42,9 @@ def evaluate(method, dataset, device, batch_size: int = 100, num_workers: int = 
         with torch.no_grad():   # no autograd graph: evaluation only reads the heads
             for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress,
                                        mininterval=progress_interval()):
-                for name, logits in method.heads(images.to(device)).items():
+                with precision.autocast():
+                    heads = method.heads(precision.images(images.to(device)))
+                for name, logits in heads.items():
                     preds.setdefault(name, []).append(logits.argmax(1).cpu())
                 targets.append(labels)
     finally:

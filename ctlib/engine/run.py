@@ -43,6 +43,7 @@ from ..seeding import derived_seed, rng_state, seed_everything, set_rng_state
 from .config import RunConfig, config_diff
 from .evaluate import evaluate, progress_interval
 from .lock import RunLock
+from .precision import Precision, train_step
 from .sampler import EpochBatches
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Run:
     def __init__(self, config: RunConfig):
         c = self.config = config
         self.device = resolve_device(c.device)
+        self.precision = Precision.resolve(c.channels_last, c.amp, self.device)
         seed_everything(c.seed)
         backbone = build_backbone(c.backbone, c.pretrained)
         opts = {"download": c.download, "skip_bad_images": c.skip_bad_images, "progress": c.progress}
@@ -265,10 +267,7 @@ class Run:
             views = [v.to(self.device, non_blocking=True) for v in batch[0]]
             labels = batch[1].to(self.device, non_blocking=True)
             extra = {"index": batch[2].to(self.device, non_blocking=True)} if method.needs_index else {}
-            self.optimizer.zero_grad(set_to_none=True)
-            out = method.training_step(views, labels, epoch, **extra)   # may back-propagate parts of its loss itself
-            loss = out.pop("loss")
-            loss.backward()
+            loss, out = train_step(method, self.optimizer, self.precision, views, labels, epoch, extra)
             value = loss.item()
             out.setdefault("total", value)
             parts = {k: float(v) for k, v in out.items()}
@@ -276,7 +275,7 @@ class Run:
                 bar.close()
                 shown = ", ".join(f"{k}={v:.6g}" for k, v in {"loss": value, **parts}.items())
                 raise DivergedError(self._diverged(epoch, step, f"the loss is not finite ({shown})"))
-            self.optimizer.step()
+            self.precision.step(self.optimizer)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{out['total']:.3f}", refresh=False)   # refreshed at the bar's interval
@@ -311,7 +310,8 @@ class Run:
             if ds is None:
                 continue
             keep = {} if keep_predictions and name == "test" else None
-            out[name] = evaluate(self.method, ds, self.device, c.eval_batch_size, c.num_workers, c.progress, name, keep)
+            out[name] = evaluate(self.method, ds, self.device, c.eval_batch_size, c.num_workers, c.progress, name, keep,
+                                 self.precision)
             if keep is not None:
                 self.test_predictions = keep
         return out
@@ -327,12 +327,13 @@ class Run:
         return {**self.model_state(), "epoch": epoch, "history": history, "elapsed": elapsed,
                 "train_times": train_times,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state()}
+                "grad_scaler": self.precision.state_dict(), "rng": rng_state()}
 
     def load_state(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         set_rng_state(state["rng"])
 
 
@@ -447,6 +448,7 @@ def _train(config: RunConfig, out: Path, stop_after_epoch: int | None, on_epoch=
               "config": asdict(config), "method_settings": config.identity()["method_args"],
               "config_hash": config.hash(),
               "versions": _versions(), "git_commit": _git_commit(), "device": str(run.device),
+              "precision": run.precision.describe(),
               "data": run.data_info(), "history": history, "final": final_metrics(history, run.method.protocol_note()),
               "wall_time_s": round(elapsed, 2), "timing": _timing(train_times, elapsed, config),
               "peak_memory": _peak_memory_mb(run.device),

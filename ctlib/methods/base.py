@@ -62,6 +62,14 @@ class Method(nn.Module):
     view_kinds: tuple[str, ...] = ("image",)
     Settings: type = None   # a dataclass of the method's options
     needs_index: bool = False  # True: training_step also gets the batch's dataset indices (index=...)
+    precision = None           # the run's engine.precision.Precision, set by the engine before each step
+
+    def backward_part(self, loss: torch.Tensor) -> None:
+        """Back-propagate a part of the loss inside ``training_step`` (scaled when the run uses fp16)."""
+        if self.precision is not None:
+            self.precision.backward(loss)
+        else:
+            loss.backward()
 
     @classmethod
     def make_settings(cls, args: dict | None):

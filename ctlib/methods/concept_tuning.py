@@ -9,6 +9,10 @@ the other so that the concept branch's activations are freed before the full-ima
 3. query encoder on the crops of v2 with BN momentum 0 → concept loss (β·L_concept) → backward;
 4. query forward on v0 → CE + λ·L_img + CE_IB + infow·KL_IB → backward;
 5. enqueue the batch's keys (every sample saw the queues as they were at the start of the step).
+
+``concept_features="feature_map"`` is the fast concept mode, a departure labelled as such everywhere (the
+record's protocol note, tables): patch features pooled from the full-image feature maps instead of crops
+encoded again, two views instead of four, one key forward (``_fast_step``).
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..concept import (PATCH_FORWARDS, ClassQueues, FrontDoorHead, PatchGeometry, check_confusing, concept_contrastive_loss,
-                       concept_logits, crop_patches, embed_patches, ib_kl, image_contrastive_loss, search_patches)
+                       concept_logits, crop_patches, embed_patches, ib_kl, image_contrastive_loss, pool_patches,
+                       search_patches)
 from ..concept.frontdoor import AGGREGATIONS, ATTENTIONS, KL_FORMS
 from ..concept.patches import ANCHORS
 from ..validation import check_settings, choice, flag, integer, is_int, real
 from .base import Method, pooled
+
+CONCEPT_FEATURES = ("crops", "feature_map")
 
 
 @dataclass
@@ -48,6 +55,9 @@ class ConceptTuningSettings:
     slice_width: int | None = None   # default: 30 at 2048 channels, scaled
     slice_stride: int | None = None  # default: 250 at 2048 channels, scaled
     box_size: int | None = None      # default: 64 px at 224 px input, scaled
+    concept_features: str = "crops"  # "crops": each concept box cropped and encoded again (the paper's method);
+                                     # "feature_map": the fast mode, a departure: features pooled (RoI-align)
+                                     # from the full-image forward's feature map, two views, one key forward
     patch_forward: str = "grouped"   # "grouped": all crops in one forward, BN statistics per slot (the
                                      # reference's numbers); "per_slot": one forward per slot (the reference's
                                      # structure); "batched": one forward, BN statistics over all crops
@@ -84,6 +94,7 @@ class ConceptTuningSettings:
             integer("slice_width", self.slice_width, 1, none=True),
             integer("slice_stride", self.slice_stride, 1, none=True),
             integer("box_size", self.box_size, 1, none=True),
+            choice("concept_features", self.concept_features, CONCEPT_FEATURES),
             choice("patch_forward", self.patch_forward, PATCH_FORWARDS),
             real("bn_momentum", self.bn_momentum, 0, 1, none=True),
             real("sinkhorn_eps", self.sinkhorn_eps, 0, lo_open=True), integer("sinkhorn_iters", self.sinkhorn_iters, 1),
@@ -139,6 +150,8 @@ class ConceptTuning(Method):
         if s.patch_forward not in PATCH_FORWARDS:
             raise ValueError(f"unknown patch_forward {s.patch_forward!r}: choose one of {list(PATCH_FORWARDS)}")
         self.num_classes = num_classes
+        if s.concept_features == "feature_map":
+            self.view_kinds = ("image", "image")        # v0 for the query, v1 for the key: no patch views
         self.geometry = PatchGeometry.derive(backbone.channels, image_size, backbone.stride, s.num_patches,
                                              s.anchor, s.slice_width, s.slice_stride, s.box_size)
         self.encoder_q = _Encoder(backbone, num_classes)
@@ -186,6 +199,8 @@ class ConceptTuning(Method):
 
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, views, labels, epoch):
+        if self.settings.concept_features == "feature_map":
+            return self._fast_step(views, labels, epoch)
         s = self.settings
         v0, v1, v2, v3 = views
         beta = self.concept_weight(epoch)
@@ -207,15 +222,31 @@ class ConceptTuning(Method):
                 e_q = self._embed(self.encoder_q, v2, search_q.boxes)
             finally:
                 _restore_bn_momentum(self.encoder_q, bn)
-            c_logits, iters = concept_logits(e_q, e_k, self.queues.queue_h, labels, search_q.confusing,
-                                             s.sinkhorn_eps, s.sinkhorn_iters, s.sinkhorn_tol, s.pos_top, s.neg_top)
-            loss_concept = concept_contrastive_loss(c_logits, s.K, s.T)
+            loss_concept, iters = self._concept_loss(e_q, e_k, self.queues.queue_h, labels, search_q.confusing)
             if beta and loss_concept.requires_grad:
-                (beta * loss_concept).backward()     # frees the concept branch before the full-image one
+                self.backward_part(beta * loss_concept)   # frees the concept branch before the full-image one
             parts.update(concept=loss_concept.item(), sinkhorn_iters=iters)
 
         # full-image branch
         y_q, fmap = self.encoder_q(v0)
+        rest = self._full_image_losses(y_q, fmap, labels, z_k if s.image_loss else None, parts)
+        if self.queues is not None:
+            self.queues.enqueue(z_k if s.image_loss else None, e_k if s.concept_loss else None, labels)
+        total = rest.item() + (beta * parts["concept"] if s.concept_loss else 0.0)
+        return {"loss": rest, "total": total, **parts}
+
+    def _concept_loss(self, e_q, e_k, queue_h, labels, confusing):
+        """L_concept of the patch embeddings (in float32 under mixed precision), and Sinkhorn's iterations."""
+        s = self.settings
+        dtype = torch.promote_types(e_q.dtype, torch.float32)     # half → float32; float32, float64 as they are
+        with torch.autocast(e_q.device.type, enabled=False):
+            c_logits, iters = concept_logits(e_q.to(dtype), e_k.to(dtype), queue_h, labels, confusing,
+                                             s.sinkhorn_eps, s.sinkhorn_iters, s.sinkhorn_tol, s.pos_top, s.neg_top)
+            return concept_contrastive_loss(c_logits, s.K, s.T), iters
+
+    def _full_image_losses(self, y_q, fmap, labels, z_k, parts: dict):
+        """CE + λ·L_img + CE_IB + infow·KL_IB of the query's full-image forward (``parts`` gets their values)."""
+        s = self.settings
         loss_cls = F.cross_entropy(y_q, labels, label_smoothing=s.smoothing)
         rest = loss_cls
         parts.update(cls=loss_cls.item(), acc=(y_q.argmax(1) == labels).float().mean().item())
@@ -233,10 +264,47 @@ class ConceptTuning(Method):
                 loss_kl = ib_kl(mu, sigma, s.kl_form)
                 rest = rest + s.infow * loss_kl
                 parts["ib_kl"] = loss_kl.item()
+        return rest
+
+    def _pooled_embeddings(self, head: nn.Linear, fmap, boxes):
+        """Fast mode's (B, P, C) patch embeddings: features pooled from ``fmap`` in the boxes, the head with
+        detached weights, L2-normalised (as ``embed_patches`` does for crops)."""
+        h = pool_patches(fmap, boxes, self.geometry)
+        return F.normalize(F.linear(h, head.weight.detach(), head.bias.detach()), dim=-1)
+
+    def _fast_step(self, views, labels, epoch):
+        """The fast concept mode (``concept_features="feature_map"``), a departure from the paper's method:
+        two views, no crops. The key encoder (after its momentum update) runs once, on v1: its logits give
+        z_k, its feature map the key-side boxes and patch embeddings. The query's full-image forward on v0
+        gives the query-side boxes (searched with the query's own detached logits, feature map and head)
+        and patch embeddings pooled from its feature map. One backward of the summed loss."""
+        s = self.settings
+        v0, v1 = views
+        beta = self.concept_weight(epoch)
+        parts = {}
+        if self.encoder_k is not None:
+            with torch.no_grad():
+                self.momentum_update()
+                y_k, fmap_k = self.encoder_k(v1)
+                z_k = F.normalize(y_k, dim=1)
+                if s.concept_loss:
+                    search_k = search_patches(fmap_k, y_k, labels, self.encoder_k.head.weight, self.geometry,
+                                              s.confusing, tuple(v1.shape[-2:]))
+                    e_k = self._pooled_embeddings(self.encoder_k.head, fmap_k, search_k.boxes)
+        y_q, fmap = self.encoder_q(v0)
+        rest = self._full_image_losses(y_q, fmap, labels, z_k if s.image_loss else None, parts)
+        if s.concept_loss:
+            search_q = search_patches(fmap.detach(), y_q.detach(), labels, self.encoder_q.head.weight, self.geometry,
+                                      s.confusing, tuple(v0.shape[-2:]))
+            e_q = self._pooled_embeddings(self.encoder_q.head, fmap, search_q.boxes)
+            # back-propagated after the enqueue below: keep the queue it saw
+            loss_concept, iters = self._concept_loss(e_q, e_k, self.queues.queue_h.clone(), labels, search_q.confusing)
+            parts.update(concept=loss_concept.item(), sinkhorn_iters=iters)
+            if beta:
+                rest = rest + beta * loss_concept
         if self.queues is not None:
             self.queues.enqueue(z_k if s.image_loss else None, e_k if s.concept_loss else None, labels)
-        total = rest.item() + (beta * parts["concept"] if s.concept_loss else 0.0)
-        return {"loss": rest, "total": total, **parts}
+        return {"loss": rest, "total": rest.item(), **parts}
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -247,10 +315,14 @@ class ConceptTuning(Method):
         return {"main": y, "ib": self.frontdoor(fmap)[0]}
 
     def protocol_note(self):
+        notes = []
+        if self.settings.concept_features == "feature_map":
+            notes.append("FAST CONCEPT MODE (concept_features='feature_map'): patch features pooled from the feature "
+                         "map, not the paper's method")
         if self.frontdoor is not None and not self.settings.eval_sample_ib:
-            return ("IB head evaluated with its mean μ; the authors' code samples ε at evaluation "
-                    "(eval_sample_ib=True reproduces it)")
-        return None
+            notes.append("IB head evaluated with its mean μ; the authors' code samples ε at evaluation "
+                         "(eval_sample_ib=True reproduces it)")
+        return "; ".join(notes) or None
 
     @torch.no_grad()
     def find_concepts(self, images, labels):
