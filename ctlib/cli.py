@@ -144,6 +144,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: call the same command again to continue (finished runs are kept, interrupted runs "
               "resume from their last finished epoch)", file=sys.stderr)
+        if chosen.executor == "submitit" and chosen.executor_options["cluster"] == "slurm":
+            print("the Slurm jobs already submitted go on (squeue --me; scancel them to stop them); a run one of them "
+                  "still trains is reported locked, not trained twice", file=sys.stderr)
         return 130
     for rid, tb in summary.tracebacks.items():
         print(f"\nrun {rid} failed:\n{tb}", file=sys.stderr)
