@@ -5,7 +5,7 @@ mid-run is requeued and resumes; bad executor input exits 2 before any work; an 
 failed Slurm submission names the runs and writes no record.
 
 Needs the scale-out extras (requirements-scaleout.lock; scripts/test.sh installs them). Cost: about
-2 min on 2 cores (six tiny runs of ~15 s, one resumed, one preempted, Ray's start ~12 s).
+2.5 min on 2 cores (seven tiny runs of ~15 s, one of them resumed, one preempted; Ray's start ~12 s).
 """
 import json
 import os
