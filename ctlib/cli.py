@@ -132,7 +132,10 @@ def _reproduce(args: argparse.Namespace) -> int:
                       data_roots=parse_data_roots([p for group in args.data_root for p in group]),
                       seeds=parse_seeds(args.seeds), methods=parse_list(args.methods),
                       moco_checkpoint=args.moco_checkpoint, jobs=args.jobs,
-                      gpus=None if gpus is None else [int(g) for g in gpus], threads=args.threads, out=args.out)
+                      gpus=None if gpus is None else [int(g) for g in gpus], threads=args.threads, out=args.out,
+                      executor=args.executor, submitit_cluster=args.submitit_cluster, ray_address=args.ray_address,
+                      slurm={"partition": args.slurm_partition, "gpus": args.slurm_gpus, "time_min": args.slurm_time,
+                             "cpus": args.slurm_cpus, "options": args.slurm_option, "config": args.slurm_config})
     except (ReproduceError, GridError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -141,6 +144,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: call the same command again to continue (finished runs are kept, interrupted runs "
               "resume from their last finished epoch)", file=sys.stderr)
+        if chosen.executor == "submitit" and chosen.executor_options["cluster"] == "slurm":
+            print("the Slurm jobs already submitted go on (squeue --me; scancel them to stop them); a run one of them "
+                  "still trains is reported locked, not trained twice", file=sys.stderr)
         return 130
     for rid, tb in summary.tracebacks.items():
         print(f"\nrun {rid} failed:\n{tb}", file=sys.stderr)
@@ -172,6 +178,27 @@ def add_reproduce_commands(sub) -> None:
     rep.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPU cores / workers)")
     rep.add_argument("--out", default=None, help="results folder (default: results/<profile>)")
     rep.add_argument("--force", action="store_true", help="execute every notebook even if it is up to date")
+    scale = rep.add_argument_group(
+        "scale-out", "Train the runs elsewhere, one job (Slurm, via submitit) or task (Ray) per run, into the same "
+                     "--out (which every node must see). Needs the extra: pip install -e '.[slurm]' or '.[ray]'. "
+                     "Finished runs are skipped; a preempted or interrupted run resumes from its checkpoint when "
+                     "submitted again.")
+    scale.add_argument("--executor", default="local", metavar="NAME",
+                       help="local (default: --jobs worker processes here), submitit or ray")
+    scale.add_argument("--submitit-cluster", metavar="NAME",
+                       help="slurm (default: sbatch), local (a process per job on this machine) or debug (in process)")
+    scale.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition")
+    scale.add_argument("--slurm-gpus", type=int, metavar="N", help="GPUs per job (default 1 with --device cuda, else 0)")
+    scale.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                       help="time limit per job (default 240; a run that hits it is requeued and resumes)")
+    scale.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per job (default: --threads)")
+    scale.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. qos=high, account=proj, mem_gb=32 (repeatable)")
+    scale.add_argument("--slurm-config", metavar="FILE",
+                       help="JSON or TOML file with keys partition, gpus, time, cpus, options (a table); the "
+                            "command line wins")
+    scale.add_argument("--ray-address", metavar="ADDRESS",
+                       help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT (default: start one here)")
     rep.set_defaults(func=_reproduce)
 
 

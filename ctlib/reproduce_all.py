@@ -3,9 +3,10 @@ an index, in one command that can be interrupted and called again.
 
 1. ``plan``: check every input and build each chosen notebook's grid (``ctlib.grids.table_grid``) before any
    work; a problem raises ``ReproduceError`` (or ``GridError``) naming the valid choices.
-2. ``train``: the union of the grids' runs that have no record, ``jobs`` worker processes at a time (or one per
-   GPU), each through ``ctlib.engine.fit``: finished runs are skipped, interrupted ones resume from their
-   checkpoint, a run that raises is reported and the others go on.
+2. ``train``: the union of the grids' runs that have no record, by the plan's executor: ``local``, ``jobs``
+   worker processes at a time (or one per GPU); ``submitit``, one Slurm job per run; ``ray``, one Ray task per
+   run (``ctlib.executors``). Each run is trained through ``ctlib.engine.fit``: finished runs are skipped,
+   interrupted ones resume from their checkpoint, a run that raises is reported and the others go on.
 3. Each notebook is executed (``ctlib.reproduce.run_notebook``) unless nothing it depends on changed since
    its last successful execution (a fingerprint kept in ``<out>/reproduce.json``); a notebook that needs a
    failed run is reported failed, not executed on missing data.
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,9 @@ NOTEBOOK_WEIGHT = 30
 NOT_FINGERPRINTED = ("threads",)
 #: options whose value changes a notebook's grid: a notebook without the parameter cannot honour them
 GRID_OPTIONS = ("data_roots", "seeds", "methods", "moco_checkpoint")
+#: plan()'s ``slurm`` keywords (ctlib.executors.slurm_settings) and the options that give them
+SLURM_FLAGS = {"partition": "--slurm-partition", "gpus": "--slurm-gpus", "time_min": "--slurm-time",
+               "cpus": "--slurm-cpus", "options": "--slurm-option", "config": "--slurm-config"}
 
 
 class ReproduceError(ValueError):
@@ -60,8 +63,10 @@ class Plan:
     missing: list                                  # chosen notebooks whose file is not in notebooks/
     runs: list                                     # the union of the grids' distinct runs (RunConfig)
     workers: list                                  # one device override per worker (None: the config's own)
-    threads: int                                   # torch threads per worker
+    threads: int                                   # torch threads per worker (per job, per Ray task)
     unused: list = field(default_factory=list)     # notes on options that do not apply to some notebook
+    executor: str = "local"                        # ctlib.executors.EXECUTORS
+    executor_options: dict = field(default_factory=dict)   # submitit: cluster, slurm; ray: address
 
 
 @dataclass
@@ -144,7 +149,9 @@ def _unknown(kind: str, bad, valid) -> ReproduceError:
                           + (f" ({'; '.join(hints)})" if hints else ""))
 
 
-def _check_device(device: str, gpus) -> str:
+def _check_device(device: str, gpus, here: bool = True) -> str:
+    """``device`` checked (and 'auto' resolved) on this machine; only its spelling when the runs train elsewhere
+    (``here`` False: Slurm or Ray, where this may be a login node without the GPUs the jobs get)."""
     import torch
 
     from .engine.run import resolve_device
@@ -155,6 +162,8 @@ def _check_device(device: str, gpus) -> str:
         except (RuntimeError, ValueError):
             raise ReproduceError(f"--device {device!r} is not a torch device: use cpu, cuda, cuda:1, mps or auto") \
                 from None
+    if not here:
+        return device
     try:
         dev = resolve_device(device)
     except RuntimeError as e:
@@ -175,8 +184,10 @@ def _takes_methods(name: str, profile: str) -> bool:
 
 def plan(profile: str = "smoke", only=None, device: str = "cpu", data_roots: dict | None = None, seeds=None,
          methods=None, moco_checkpoint=None, jobs: int | None = None, gpus=None, threads: int | None = None,
-         out=None) -> Plan:
-    """Check every input and build the chosen notebooks' grids; nothing is trained or executed."""
+         out=None, executor: str = "local", submitit_cluster: str | None = None, slurm: dict | None = None,
+         ray_address: str | None = None) -> Plan:
+    """Check every input and build the chosen notebooks' grids; nothing is trained or executed.
+    ``slurm``: the --slurm-* options (``ctlib.executors.slurm_settings``' keywords), for ``executor='submitit'``."""
     from .data import available
     from .experiments import PROFILES
     from .methods import METHODS
@@ -216,7 +227,8 @@ def plan(profile: str = "smoke", only=None, device: str = "cpu", data_roots: dic
         raise ReproduceError(f"--threads must be at least 1, got {threads}")
     if gpus is not None and (not gpus or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus)):
         raise ReproduceError(f"--gpus: GPU indices separated by commas (e.g. 0,1), got {gpus}")
-    device = _check_device(device, gpus)
+    executor_options = _check_executor(executor, submitit_cluster, slurm, ray_address, jobs, gpus)
+    device = _check_device(device, gpus, here=executor == "local")
     if moco_checkpoint:
         moco_checkpoint = str(Path(moco_checkpoint).expanduser().resolve())   # notebooks run in notebooks/
     out = Path(out).expanduser().resolve() if out else default_results_dir(profile)
@@ -235,8 +247,42 @@ def plan(profile: str = "smoke", only=None, device: str = "cpu", data_roots: dic
         for c in grid.unique_configs():
             union.setdefault(c.run_id(), c)
     workers = [f"cuda:{g}" for g in gpus] if gpus is not None else [None] * (jobs or 1)
-    per_worker = threads or max(1, (os.cpu_count() or 1) // len(workers))
-    return Plan(profile, out, plans, missing, list(union.values()), workers, per_worker, unused)
+    per_worker = threads or executor_options.get("slurm", {}).get("cpus") or max(1, (os.cpu_count() or 1) // len(workers))
+    return Plan(profile, out, plans, missing, list(union.values()), workers, per_worker, unused, executor,
+                executor_options)
+
+
+def _check_executor(executor, submitit_cluster, slurm, ray_address, jobs, gpus) -> dict:
+    """The executor's options, checked: installed, and no option of another executor."""
+    from .executors import EXECUTORS, SUBMITIT_CLUSTERS, ExecutorError, install_hint, slurm_settings
+
+    if executor not in EXECUTORS:
+        raise _unknown("executor", [executor], list(EXECUTORS))
+    slurm = {k: v for k, v in (slurm or {}).items() if v not in (None, [], (), "")}
+    flags = {"cluster": "--submitit-cluster", "address": "--ray-address", **SLURM_FLAGS}
+    given = {"cluster": submitit_cluster, "address": ray_address, **slurm}
+    mine = {"local": (), "submitit": ("cluster", *SLURM_FLAGS), "ray": ("address",)}[executor]
+    foreign = [flags[k] for k, v in given.items() if v is not None and k not in mine]
+    if foreign:
+        raise ReproduceError(f"{', '.join(foreign)}: not an option of --executor {executor} (--submitit-cluster "
+                             f"and --slurm-* go with --executor submitit, --ray-address with --executor ray)")
+    if executor != "local" and (jobs is not None or gpus is not None):
+        raise ReproduceError(f"--jobs and --gpus choose the local executor's worker processes; with --executor "
+                             f"{executor} every run is its own {'job' if executor == 'submitit' else 'task'} and "
+                             f"the scheduler decides how many run at once")
+    hint = install_hint(executor)
+    if hint:
+        raise ReproduceError(hint)
+    if executor == "submitit":
+        if submitit_cluster is not None and submitit_cluster not in SUBMITIT_CLUSTERS:
+            raise _unknown("submitit cluster", [submitit_cluster], SUBMITIT_CLUSTERS)
+        try:
+            return {"cluster": submitit_cluster or "slurm", "slurm": slurm_settings(**slurm)}
+        except ExecutorError as e:
+            raise ReproduceError(str(e)) from None
+    if executor == "ray":
+        return {"address": ray_address}
+    return {}
 
 
 def _grid(name, profile, device, out, options):
@@ -279,39 +325,52 @@ def run_weight(config) -> int:
 
 
 def _worker(device, threads: int, tasks, events) -> None:
-    """A training process: fit the runs it takes from ``tasks`` and report to ``events``."""
+    """A training process: fit the runs it takes from ``tasks`` (``ctlib.executors.train_one``, with ``device``
+    overriding the config's, which is not part of the run's identity) and report to ``events``."""
     try:
-        import torch
-
-        torch.set_num_threads(threads)
-        from .engine import RunConfig, fit
+        from .engine import RunConfig
+        from .executors import train_one
 
         while (item := tasks.get()) is not None:
-            config = RunConfig.from_dict(item)
-            if device:
-                config = config.replace(device=device)        # not part of the run's identity
-            rid = config.run_id()
+            rid = RunConfig.from_dict(item).run_id()
             events.put(("start", os.getpid(), rid))
-            try:
-                fit(config.replace(progress=False), on_epoch=lambda epoch, rid=rid: events.put(("epoch", rid, epoch)))
-                events.put(("done", rid, ""))
-            except Exception as e:
-                events.put(("failed", rid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            result = train_one(item, device, threads, on_epoch=lambda epoch, rid=rid: events.put(("epoch", rid, epoch)))
+            events.put(("failed", rid, result["error"]) if result["error"] else ("done", rid, ""))
     except KeyboardInterrupt:
         pass
 
 
 def train(plan: Plan, bar=None) -> dict:
-    """Train the plan's runs that have no record with its workers; returns {run_id: error} of runs that failed.
-    ``bar`` (tqdm) advances by ``run_weight`` per run, after each epoch."""
-    import multiprocessing as mp
-    import queue
-
+    """Train the plan's runs that have no record with its executor; returns {run_id: error} of runs that failed.
+    ``bar`` (tqdm) advances by ``run_weight`` per run: after each epoch with the local executor, when its job or
+    task ends with submitit and Ray."""
     from .grid_fit import is_finished
 
     todo = sorted((c for c in plan.runs if not is_finished(c)), key=run_weight, reverse=True)
     if not todo:
         return {}
+    if plan.executor == "local":
+        return _train_local(plan, todo, bar)
+    from . import executors
+
+    by_id = {c.run_id(): c for c in todo}
+
+    def on_done(rid):
+        if bar is not None:
+            c = by_id[rid]
+            bar.set_postfix_str(f"finished {c.method} {c.dataset} {c.sample_rate}% seed {c.seed}", refresh=False)
+            bar.update(run_weight(c))
+
+    if plan.executor == "submitit":
+        return executors.train_submitit(todo, plan.threads, plan.executor_options, plan.out, on_done)
+    return executors.train_ray(todo, plan.threads, plan.executor_options, on_done)
+
+
+def _train_local(plan: Plan, todo: list, bar=None) -> dict:
+    """``todo`` trained by the plan's worker processes (spawned here), the bar advanced after each epoch."""
+    import multiprocessing as mp
+    import queue
+
     by_id = {c.run_id(): c for c in todo}
     done = dict.fromkeys(by_id, 0)                     # weight counted so far per run
     ctx = mp.get_context("spawn")
@@ -466,8 +525,15 @@ def reproduce(plan: Plan, force: bool = False, progress: bool = True, log=print)
     for name in plan.missing:
         log(f"missing: notebooks/{name}.ipynb is not written yet; its table is not reproduced")
     todo = [c for c in plan.runs if not is_finished(c)]
+    if plan.executor == "local":
+        how = f"{len(plan.workers)} worker(s) × {plan.threads} thread(s)"
+    elif plan.executor == "submitit":
+        how = f"submitit ({plan.executor_options['cluster']} cluster, one job per run, {plan.threads} thread(s) each)"
+    else:
+        how = f"Ray ({plan.executor_options['address'] or 'a local instance'}, one task per run, " \
+              f"{plan.threads} thread(s) each)"
     log(f"{plan.profile} profile: {len(plan.notebooks)} notebook(s), {len(plan.runs)} distinct runs, "
-        f"{len(todo)} to train with {len(plan.workers)} worker(s) × {plan.threads} thread(s); results in {plan.out}")
+        f"{len(todo)} to train with {how}; results in {plan.out}")
     total = sum(run_weight(c) for c in todo) + NOTEBOOK_WEIGHT * len(plan.notebooks)
     fmt = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
     outcomes = [Outcome(n, "missing", message=f"notebooks/{n}.ipynb is not written yet") for n in plan.missing]
