@@ -42,6 +42,7 @@ def time_steps(config: RunConfig, steps: int = 2) -> dict:
     method, measured here; nothing is written."""
     import torch
 
+    from .engine.precision import train_step
     from .engine.run import Run
 
     run = Run(config.replace(progress=False))
@@ -54,10 +55,8 @@ def time_steps(config: RunConfig, steps: int = 2) -> dict:
         labels = labels.to(run.device)
         extra = {"index": rest[0].to(run.device)} if run.method.needs_index else {}
         t0 = time.perf_counter()
-        run.optimizer.zero_grad(set_to_none=True)
-        out = run.method.training_step(views, labels, 0, **extra)
-        out["loss"].backward()
-        run.optimizer.step()
+        train_step(run.method, run.optimizer, run.precision, views, labels, 0, extra)   # as Run.train_epoch
+        run.precision.step(run.optimizer)
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         if i:
@@ -66,8 +65,8 @@ def time_steps(config: RunConfig, steps: int = 2) -> dict:
     n = min(len(run.test), config.eval_batch_size)
     images = torch.stack([run.test[i][0] for i in range(n)]).to(run.device)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        run.method.heads(images)
+    with torch.no_grad(), run.precision.autocast():
+        run.method.heads(run.precision.images(images))
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     return {"step_s": sorted(times)[len(times) // 2], "eval_image_s": (time.perf_counter() - t0) / n,

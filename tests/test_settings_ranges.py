@@ -62,6 +62,7 @@ BAD: dict[str, dict[str, list]] = {
         "slice_width": [(0, "None or an integer >= 1")], "slice_stride": [(-250, "None or an integer >= 1")],
         "box_size": [(0, "None or an integer >= 1"), (64.5, "None or an integer >= 1")],
         "patch_forward": [("loop", "one of ['grouped', 'batched', 'per_slot']")],
+        "concept_features": [("roi", "one of ['crops', 'feature_map']")],
         "bn_momentum": [(1.5, "None or in [0, 1]"), (-0.1, "None or in [0, 1]")],
         "sinkhorn_eps": [(0.0, POS)], "sinkhorn_iters": [(0, "an integer >= 1")],
         "sinkhorn_tol": [(-1e-3, NONNEG)],
@@ -108,6 +109,8 @@ RUN_BAD: dict[str, list] = {
     "results_dir": [("", "a folder path"), (None, "a folder path")],
     "progress": [("yes", "True or False")],
     "keep_checkpoint": [("all", "one of ['full', 'model', 'none']")],
+    "channels_last": [("yes", "one of ['auto', True, False]"), (1, "one of ['auto', True, False]")],
+    "amp": [("fp32", "one of ['auto', 'off', 'bf16', 'fp16']")],
     "lock_timeout": [(-1, NONNEG), (math.nan, NONNEG), ("5", NONNEG)],
 }
 
