@@ -135,7 +135,7 @@ def test_batched_patch_forward_is_a_departure():
 # one-line slips in the real source; each must break the parity
 MUTATIONS = {
     "negatives from the key-side search": (
-        "labels, search_q.confusing,", "labels, search_k.confusing,"),
+        "self.queues.queue_h, labels, search_q.confusing)", "self.queues.queue_h, labels, search_k.confusing)"),
     "query-side search after the momentum update": (
         "search_q = self._search(v2, labels)                  # key encoder before its update\n"
         "        if self.encoder_k is not None:\n"
