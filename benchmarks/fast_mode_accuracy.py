@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("crops", "feature_map")
+MODES = ("feature_map", "crops")     # the cheap one first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
