@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .slot_norm import slot_batchnorm
+from .slot_norm import is_channels_last, slot_batchnorm
 
 REF_CHANNELS = 2048          # ResNet-50: 9 slices of 30 channels, starts every 250 ranks
 REF_SLICE_WIDTH = 30
@@ -112,13 +112,19 @@ def peak_boxes(maps: torch.Tensor, geo: PatchGeometry, image_hw: tuple[int, int]
                         (x + half).clamp(max=img_w), (y + half).clamp(max=img_h)], -1).float()
 
 
+def _rois(boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B·P, 5) roi_align boxes (image index, x1, y1, x2, y2) of (B, P, 4) boxes, in ``dtype``."""
+    B, P, _ = boxes.shape
+    idx = torch.arange(B, device=boxes.device, dtype=dtype).repeat_interleave(P)[:, None]
+    return torch.cat([idx, boxes.reshape(B * P, 4).to(dtype)], 1)
+
+
 def crop_patches(images: torch.Tensor, boxes: torch.Tensor, geo: PatchGeometry) -> torch.Tensor:
     """(B, P, 3, s, s) crops of ``images`` at ``boxes`` by roi_align (aligned, spatial scale 1)."""
     B, P, _ = boxes.shape
-    idx = torch.arange(B, device=boxes.device, dtype=images.dtype).repeat_interleave(P)[:, None]
-    rois = torch.cat([idx, boxes.reshape(B * P, 4).to(images.dtype)], 1)
-    crops = roi_align(images, rois, output_size=(geo.box_size, geo.box_size), spatial_scale=1.0, aligned=True)
-    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+    crops = roi_align(images, _rois(boxes, images.dtype), output_size=(geo.box_size, geo.box_size), spatial_scale=1.0,
+                      aligned=True)
+    if is_channels_last(images):
         crops = crops.contiguous(memory_format=torch.channels_last)      # the crops keep the images' layout
     return crops.view(B, P, *crops.shape[1:])
 
@@ -129,9 +135,7 @@ def pool_patches(fmap: torch.Tensor, boxes: torch.Tensor, geo: PatchGeometry) ->
     stand-in for encoding each crop again. Differentiable in ``fmap``."""
     B, P, _ = boxes.shape
     cells = max(1, round(geo.box_size / geo.feature_stride))
-    idx = torch.arange(B, device=boxes.device, dtype=fmap.dtype).repeat_interleave(P)[:, None]
-    rois = torch.cat([idx, boxes.reshape(B * P, 4).to(fmap.dtype)], 1)
-    pooled = roi_align(fmap, rois, output_size=(cells, cells), spatial_scale=1.0 / geo.feature_stride,
+    pooled = roi_align(fmap, _rois(boxes, fmap.dtype), output_size=(cells, cells), spatial_scale=1.0 / geo.feature_stride,
                        sampling_ratio=-1, aligned=True)
     return pooled.mean((2, 3)).view(B, P, -1)
 

@@ -28,7 +28,7 @@ def _slot_forward(bn: nn.modules.batchnorm._BatchNorm, slots: int, x: torch.Tens
     if N % slots:
         raise ValueError(f"slot_batchnorm: batch of {N} is not {slots} equal slots")
     B, rest = N // slots, x.shape[2:]
-    cl = _channels_last(x)
+    cl = is_channels_last(x)
     # (P·B, C, ...) slot-major → (B, P·C, ...): one native batch norm, each (slot, channel) its own statistics
     if cl:     # keep the channels-last layout: (P, B, H, W, C) → (B, H, W, P, C) in memory
         grouped = (x.permute(0, 2, 3, 1).reshape(slots, B, *rest, C).permute(1, 2, 3, 0, 4)
@@ -52,7 +52,7 @@ def _slot_forward(bn: nn.modules.batchnorm._BatchNorm, slots: int, x: torch.Tens
     return y.view(B, slots, C, *rest).transpose(0, 1).reshape(N, C, *rest)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """A 4-D tensor laid out channels-last (and not also plainly contiguous, as 1×1 maps are)."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
