@@ -144,9 +144,10 @@ def reference_step(model, imgs, labels, epoch):
 
     logits_z = nn.LogSoftmax(dim=1)(torch.cat([logits_z_cur, torch.cat(pos_l), torch.cat(neg_l)], 1) / T)
     logits_concept = nn.LogSoftmax(dim=1)(torch.cat([logits_cur_concept, torch.cat(pos_c), torch.cat(neg_c)], 1) / T)
-    labels_c = torch.zeros([batch_size, K * num_classes + 1])
+    # dtype=: the reference's float32 targets, in the logits' dtype for a float64 check of ours
+    labels_c = torch.zeros([batch_size, K * num_classes + 1], dtype=logits_z.dtype)
     labels_c[:, 0:K + 1].fill_(1.0 / (K + 1))
-    labels_c_concept = torch.zeros([batch_size, (s.confusing * 10 + 1) * K + 1])
+    labels_c_concept = torch.zeros([batch_size, (s.confusing * 10 + 1) * K + 1], dtype=logits_concept.dtype)
     labels_c_concept[:, 0:K + 1].fill_(1.0 / (K + 1))
     criterion = nn.KLDivLoss(reduction="batchmean")
     contrastive_loss = criterion(logits_z, labels_c)
