@@ -280,6 +280,34 @@ def test_fused_channel_attention_matches_reference_form_with_gradients():
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("aggregation", ["sum", "concat"])
+@pytest.mark.parametrize("attention,fused", [("both", True), ("both", False), ("position", True)])
+def test_pooled_position_attention_equals_mean_of_attended_map_with_gradients(aggregation, attention, fused):
+    """pooled_position_attention computes the position attention's spatial mean without its map: the same
+    logits, μ, σ and gradients (input, every parameter) as the reference's map-then-mean, in float64."""
+    torch.manual_seed(0)
+    x = (2 * torch.randn(3, 32, 4, 5, dtype=torch.float64)).requires_grad_()
+    heads = [FrontDoorHead(32, 6, 4, aggregation, False, fused, attention, True, pooled).double()
+             for pooled in (True, False)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    results = []
+    for head in heads:
+        with torch.no_grad():
+            for m in (head.pam, head.cam):
+                if m is not None:
+                    m.gamma.fill_(0.6)                 # γ = 0 (the start) would hide the attention
+        torch.manual_seed(1)                           # the same IB noise ε
+        logits, mu, sigma = head(x)
+        (logits * torch.linspace(-1, 1, logits.numel(), dtype=torch.float64).view_as(logits)).sum().backward()
+        results.append([logits.detach(), mu.detach(), sigma.detach(), x.grad.clone()]
+                       + [p.grad.clone() for p in head.parameters()])
+        x.grad = None
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert results[0][-1].abs().max() > 0          # the decoder's gradient: the check is not vacuous
+
+
 def test_frontdoor_starts_as_identity_attention_and_aggregates():
     x = torch.randn(2, 16, 3, 3)
     head = FrontDoorHead(16, 5, ib_dim=4)

@@ -57,6 +57,7 @@ BAD: dict[str, dict[str, list]] = {
         "aggregation": [("mean", "one of ['sum', 'concat']")],
         "kl_form": [("paper", "one of ['code', 'textbook']")],
         "eval_sample_ib": [(1, "True or False")], "fused_channel_attention": [("True", "True or False")],
+        "pooled_position_attention": [(0, "True or False")],
         "anchor": [("centre", "one of ['corner', 'center']")],
         "num_patches": [(0, "an integer >= 1")],
         "slice_width": [(0, "None or an integer >= 1")], "slice_stride": [(-250, "None or an integer >= 1")],

@@ -34,6 +34,17 @@ class PositionAttention(nn.Module):
         out = self.value(x).flatten(2) @ attn.transpose(1, 2)      # (B, D, N)
         return self.gamma * out.view(B, D, H, W) + x
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x).mean((2, 3))`` without the attended map: the mean over output positions n of
+        Σ_m V_m A[n, m] is V ā with ā = mean_n A[n, :], and V ā = W_v (X ā) + b_v as ā sums to 1. The value
+        convolution runs on one vector per image instead of on every position."""
+        q = self.query(x).flatten(2).transpose(1, 2)
+        k = self.key(x).flatten(2)
+        a = torch.softmax(q @ k, dim=-1).mean(1)                   # (B, N): ā
+        xa = (x.flatten(2) @ a.unsqueeze(-1)).squeeze(-1)          # (B, D): X ā
+        out = F.linear(xa, self.value.weight.flatten(1), self.value.bias)
+        return self.gamma * out + x.mean((2, 3))
+
 
 class ChannelAttention(nn.Module):
     """DANet's CAM: attention over channels with softmax(max_row(E) − E), E = X Xᵀ; γ starts at 0.
@@ -65,6 +76,8 @@ class FrontDoorHead(nn.Module):
     average pool → Linear(·, 2·ib_dim) giving μ and s, σ = softplus(s − 5) → ẑ = μ + σ·ε → Linear → logits.
 
     At evaluation ẑ = μ (``eval_sample=False``, default) or a sample as the reference does.
+    ``pooled_position_attention`` (default True) computes the position attention's spatial mean without its
+    map (the same values; ``features``); False computes the map first, as the reference does.
     Ablations: ``attention`` keeps both modules (``"both"``) or only ``"channel"`` / ``"position"``
     attention (the other is not built); ``bottleneck=False`` feeds the pooled attention features straight
     into a Linear classifier (no μ, σ, sampling or KL term: ``forward`` returns None for them).
@@ -72,7 +85,7 @@ class FrontDoorHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, ib_dim: int = 512, aggregation: str = "sum",
                  eval_sample: bool = False, fused_channel_attention: bool = True, attention: str = "both",
-                 bottleneck: bool = True):
+                 bottleneck: bool = True, pooled_position_attention: bool = True):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}: choose one of {list(AGGREGATIONS)}")
@@ -80,6 +93,7 @@ class FrontDoorHead(nn.Module):
             raise ValueError(f"unknown attention {attention!r}: choose one of {list(ATTENTIONS)}")
         self.aggregation = aggregation
         self.eval_sample = eval_sample
+        self.pooled_position_attention = pooled_position_attention
         self.ib_dim = ib_dim
         self.pam = PositionAttention(channels) if attention in ("both", "position") else None
         self.cam = ChannelAttention(fused=fused_channel_attention) if attention in ("both", "channel") else None
@@ -87,16 +101,32 @@ class FrontDoorHead(nn.Module):
         self.encoder = nn.Linear(width, 2 * ib_dim) if bottleneck else None
         self.decoder = nn.Linear(ib_dim if bottleneck else width, num_classes)
 
-    def attend(self, fmap: torch.Tensor) -> torch.Tensor:
-        parts = [m(fmap) for m in (self.cam, self.pam) if m is not None]
+    def _aggregate(self, parts: list[torch.Tensor]) -> torch.Tensor:
         if len(parts) == 1:
             return parts[0]
         return parts[0] + parts[1] if self.aggregation == "sum" else torch.cat(parts, 1)
 
+    def attend(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The attended (B, D or 2D, H, W) map."""
+        return self._aggregate([m(fmap) for m in (self.cam, self.pam) if m is not None])
+
+    def features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The attended map's spatial mean, all the head uses. With ``pooled_position_attention`` (default)
+        the position attention's mean is computed without its map (``PositionAttention.pooled``: the same
+        values, no value convolution over every position); False: every map first, then its mean (the
+        reference's order of operations). (The channel attention has no such shortcut that is faster:
+        flash attention wants values as wide as its keys.)"""
+        # channels-last maps (the channels_last run setting) would send the attention to slow strided paths
+        fmap = fmap.contiguous()
+        if not self.pooled_position_attention:
+            return self.attend(fmap).mean((2, 3))
+        parts = ([self.cam(fmap).mean((2, 3))] if self.cam is not None else []) \
+            + ([self.pam.pooled(fmap)] if self.pam is not None else [])
+        return self._aggregate(parts)
+
     def forward(self, fmap: torch.Tensor):
         """(logits, μ, σ); μ and σ are None without the bottleneck."""
-        # channels-last maps (the channels_last run setting) would send the attention to slow strided paths
-        feats = self.attend(fmap.contiguous()).mean((2, 3))
+        feats = self.features(fmap)
         if self.encoder is None:
             return self.decoder(feats), None, None
         stats = self.encoder(feats)

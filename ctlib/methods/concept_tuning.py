@@ -50,6 +50,8 @@ class ConceptTuningSettings:
     kl_form: str = "code"          # IB KL with std exp(σ) ("code") or σ ("textbook")
     eval_sample_ib: bool = False   # IB head samples ε at evaluation (reference) instead of using μ
     fused_channel_attention: bool = True  # channel attention without D×D matrices (same values); False: reference form
+    pooled_position_attention: bool = True  # position attention's spatial mean without its map (same values);
+                                            # False: the map, then its mean (reference form)
     anchor: str = "corner"         # box anchor at the peak cell's top-left pixel (reference) or "center"
     num_patches: int = 9
     slice_width: int | None = None   # default: 30 at 2048 channels, scaled
@@ -90,6 +92,7 @@ class ConceptTuningSettings:
             real("smoothing", self.smoothing, 0, 1, hi_open=True),
             choice("aggregation", self.aggregation, AGGREGATIONS), choice("kl_form", self.kl_form, KL_FORMS),
             flag("eval_sample_ib", self.eval_sample_ib), flag("fused_channel_attention", self.fused_channel_attention),
+            flag("pooled_position_attention", self.pooled_position_attention),
             choice("anchor", self.anchor, ANCHORS), integer("num_patches", self.num_patches, 1),
             integer("slice_width", self.slice_width, 1, none=True),
             integer("slice_stride", self.slice_stride, 1, none=True),
@@ -156,7 +159,7 @@ class ConceptTuning(Method):
                                              s.anchor, s.slice_width, s.slice_stride, s.box_size)
         self.encoder_q = _Encoder(backbone, num_classes)
         self.frontdoor = (FrontDoorHead(backbone.channels, num_classes, s.ib_dim, s.aggregation, s.eval_sample_ib,
-                                        s.fused_channel_attention, s.attention, s.bottleneck)
+                                        s.fused_channel_attention, s.attention, s.bottleneck, s.pooled_position_attention)
                           if s.frontdoor else None)
         self.encoder_k = self.queues = None
         if s.concept_loss or s.image_loss:      # the key encoder and queues serve the two contrastive losses
