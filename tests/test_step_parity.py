@@ -127,7 +127,7 @@ def test_float32_step_matches_the_reference_to_rounding():
 def test_channels_last_layout_matches_the_contiguous_reference():
     """The channels_last run setting (on by default) lays out inputs, feature maps and crops channels-last:
     the same step computed in another order. In float64, where rounding cannot hide a real difference, it
-    must be the reference's step to the same tolerances. (In float32 the two orders' rounding, amplified by
+    must be the reference's step to float64's tolerances. (In float32 the two orders' rounding, amplified by
     batch-norm over few values at this tiny size, moves some gradients by ~1e-3 relative; in float64 the
     layouts agree to ~1e-13.)"""
     ours, ref = _models(m=0.5)
