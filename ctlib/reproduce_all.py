@@ -13,7 +13,7 @@ an index, in one command that can be interrupted and called again.
 4. ``<out>/index.md`` links every executed notebook and every CSV/PNG of the folder.
 
 One tqdm bar spans all of it, weighted so that its time-left estimate means something: a run by its training
-steps times ``METHOD_FACTOR`` (a Concept-Tuning step costs about four ERM steps), a notebook by
+steps times ``step_factor`` (a Concept-Tuning step costs about four ERM steps, its fast mode two), a notebook by
 ``NOTEBOOK_WEIGHT`` steps.
 """
 from __future__ import annotations
@@ -33,6 +33,9 @@ MANIFEST = "reproduce.json"
 INDEX = "index.md"
 #: cost of one training step relative to ERM's (Concept-Tuning runs ~60 s where ERM runs ~17 s in the smoke profile)
 METHOD_FACTOR = {"concept_tuning": 4}
+#: the same for Concept-Tuning's fast concept mode (concept_features="feature_map"): 1.6x ERM at ResNet-50 / 224 px,
+#: a quarter of the faithful step in the smoke profile (benchmarks/README.md)
+FAST_MODE_FACTOR = 2
 #: a notebook's execution (kernel start, imports, tables, plots) counted as this many ERM steps
 NOTEBOOK_WEIGHT = 30
 #: notebook parameters that change only how fast it runs, not what it shows: not in the fingerprint
@@ -318,10 +321,17 @@ def _notebook_params(name, grid, profile, device, out, threads, options) -> dict
 
 # ------------------------------------------------------------------------------------------- training
 
+def step_factor(config) -> int:
+    """A training step of ``config``'s method counted in ERM steps (the bar's weights)."""
+    if config.method == "concept_tuning" and (config.method_args or {}).get("concept_features") == "feature_map":
+        return FAST_MODE_FACTOR
+    return METHOD_FACTOR.get(config.method, 1)
+
+
 def run_weight(config) -> int:
     from .grid_fit import run_steps
 
-    return run_steps(config) * METHOD_FACTOR.get(config.method, 1)
+    return run_steps(config) * step_factor(config)
 
 
 def _worker(device, threads: int, tasks, events) -> None:
@@ -413,7 +423,7 @@ def _train_local(plan: Plan, todo: list, bar=None) -> dict:
                     bar.set_postfix_str(f"{c.method} {c.dataset} {c.sample_rate}% seed {c.seed}", refresh=False)
             elif kind == "epoch":
                 c = by_id[a]
-                advance(a, b * c.iters_per_epoch * METHOD_FACTOR.get(c.method, 1))
+                advance(a, b * c.iters_per_epoch * step_factor(c))
             else:
                 if kind == "failed":
                     failed[a] = b

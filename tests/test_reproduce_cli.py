@@ -121,6 +121,18 @@ def test_two_workers_train_two_runs_and_the_bar_counts_their_weighted_steps(tmp_
     assert train(Plan("smoke", tmp_path, [], [], runs, workers=[None, None], threads=1), bar) == {}   # nothing left
 
 
+def test_run_weights_count_concept_tuning_and_its_fast_mode_in_erm_steps(tmp_path):
+    from ctlib.grid_fit import run_steps
+    from ctlib.reproduce_all import run_weight
+
+    erm, ct = table_grid("fgvc_supervised", "smoke", methods=["erm", "concept_tuning"], results_dir=tmp_path,
+                         sample_rates=[100]).unique_configs()
+    fast = ct.replace(method_args={**ct.method_args, "concept_features": "feature_map"})
+    steps = run_steps(erm)
+    assert run_steps(ct) == run_steps(fast) == steps
+    assert (run_weight(erm), run_weight(ct), run_weight(fast)) == (steps, 4 * steps, 2 * steps)
+
+
 def test_ctlib_run_writes_to_the_profiles_shared_folder():
     """`ctlib run NAME` without --out writes to results/<profile>: the profile given, else the notebook's default."""
     from ctlib.reproduce import _profile
