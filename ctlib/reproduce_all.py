@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .grids import DEFAULTS, NOTEBOOKS, TITLES, GridError, default_results_dir, table_grid
 from .reproduce import NOTEBOOK_DIR, NotebookFailed, notebook_parameters, run_notebook
+from .tables import is_fast_mode
 
 MANIFEST = "reproduce.json"
 INDEX = "index.md"
@@ -323,7 +324,7 @@ def _notebook_params(name, grid, profile, device, out, threads, options) -> dict
 
 def step_factor(config) -> int:
     """A training step of ``config``'s method counted in ERM steps (the bar's weights)."""
-    if config.method == "concept_tuning" and (config.method_args or {}).get("concept_features") == "feature_map":
+    if is_fast_mode(config.method, config.method_args):
         return FAST_MODE_FACTOR
     return METHOD_FACTOR.get(config.method, 1)
 

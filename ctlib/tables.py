@@ -23,11 +23,14 @@ CONFIG_COLUMNS = ("method", "dataset", "sample_rate", "seed", "backbone")
 FAST_MODE_LABEL = "concept_tuning (fast mode: not the paper's method)"
 
 
+def is_fast_mode(method: str, method_settings: dict | None) -> bool:
+    """A Concept-Tuning run in the fast concept mode (``concept_features="feature_map"``)."""
+    return method == "concept_tuning" and (method_settings or {}).get("concept_features") == "feature_map"
+
+
 def method_label(method: str, method_settings: dict) -> str:
     """The method's name in tables: its registry name, except for the fast concept mode."""
-    if method == "concept_tuning" and method_settings.get("concept_features") == "feature_map":
-        return FAST_MODE_LABEL
-    return method
+    return FAST_MODE_LABEL if is_fast_mode(method, method_settings) else method
 
 
 def grid_frame(grid, strict: bool = True):

@@ -70,6 +70,11 @@ class ChannelAttention(nn.Module):
             out = attn @ X
         return self.gamma * out.view(B, D, H, W) + x
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x).mean((2, 3))``, the map first: no shortcut here is faster, as flash attention wants
+        values as wide as its keys (values x̄ of width 1 fall back to a slower path)."""
+        return self(x).mean((2, 3))
+
 
 class FrontDoorHead(nn.Module):
     """Attention (PAM + CAM, summed as in the code or concatenated as in the paper's caption) → global
@@ -112,17 +117,14 @@ class FrontDoorHead(nn.Module):
 
     def features(self, fmap: torch.Tensor) -> torch.Tensor:
         """The attended map's spatial mean, all the head uses. With ``pooled_position_attention`` (default)
-        the position attention's mean is computed without its map (``PositionAttention.pooled``: the same
-        values, no value convolution over every position); False: every map first, then its mean (the
-        reference's order of operations). (The channel attention has no such shortcut that is faster:
-        flash attention wants values as wide as its keys.)"""
+        each module gives its own mean (``pooled``: the position attention's without its map, the same
+        values with no value convolution over every position); False: the map first, then its mean (the
+        reference's order of operations)."""
         # channels-last maps (the channels_last run setting) would send the attention to slow strided paths
         fmap = fmap.contiguous()
         if not self.pooled_position_attention:
             return self.attend(fmap).mean((2, 3))
-        parts = ([self.cam(fmap).mean((2, 3))] if self.cam is not None else []) \
-            + ([self.pam.pooled(fmap)] if self.pam is not None else [])
-        return self._aggregate(parts)
+        return self._aggregate([m.pooled(fmap) for m in (self.cam, self.pam) if m is not None])
 
     def forward(self, fmap: torch.Tensor):
         """(logits, μ, σ); μ and σ are None without the bottleneck."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .slot_norm import is_channels_last, slot_batchnorm
+from .slot_norm import slot_batchnorm
 
 REF_CHANNELS = 2048          # ResNet-50: 9 slices of 30 channels, starts every 250 ranks
 REF_SLICE_WIDTH = 30
@@ -110,6 +110,11 @@ def peak_boxes(maps: torch.Tensor, geo: PatchGeometry, image_hw: tuple[int, int]
     img_h, img_w = image_hw
     return torch.stack([(x - half).clamp(min=0), (y - half).clamp(min=0),
                         (x + half).clamp(max=img_w), (y + half).clamp(max=img_h)], -1).float()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor laid out channels-last (and not also plainly contiguous, as 1×1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _rois(boxes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

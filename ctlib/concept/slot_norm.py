@@ -31,11 +31,6 @@ def _slot_forward(bn: nn.modules.batchnorm._BatchNorm, slots: int, x: torch.Tens
     return torch.cat([type(bn).forward(bn, block) for block in x.chunk(slots)])
 
 
-def is_channels_last(x: torch.Tensor) -> bool:
-    """A 4-D tensor laid out channels-last (and not also plainly contiguous, as 1×1 maps are)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 @contextmanager
 def slot_batchnorm(module: nn.Module, slots: int):
     """Within the block, every BatchNorm of ``module`` takes a slot-major batch of ``slots`` equal groups."""
