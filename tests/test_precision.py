@@ -220,4 +220,6 @@ def test_setting_finished_pairs_aside_changes_no_plan():
     every, it_every = sinkhorn_log(cost, 0.01, 200, 1e-3, groups, check_every=1)
     never, it_never = sinkhorn_log(cost, 0.01, 200, 1e-3, groups, check_every=10_000)
     assert it_every < it_never == 200
-    assert torch.equal(every, never)
+    # the same iterates; fewer pairs per tensor may only change the order of a reduction's terms (rounding)
+    torch.testing.assert_close(every, never, rtol=0, atol=1e-6)
+    assert torch.equal(every.flatten(1).topk(10).indices, never.flatten(1).topk(10).indices)
