@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("erm", "concept_tuning")
@@ -164,7 +165,9 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 
-def worker(a: argparse.Namespace) -> dict:
+def build(a: argparse.Namespace, spec: str) -> SimpleNamespace:
+    """What a child times for ``spec``: ``method``, ``optimizer``, ``precision``, synthetic ``views`` and
+    ``labels``, and ``step(epoch)``, one engine step of them (also used by ``step_floor.py``)."""
     import torch
 
     sys.path.insert(0, str(REPO))
@@ -175,12 +178,8 @@ def worker(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     device = torch.device(a.device)
-    spec = a.worker
     name = split_spec(spec)[0]
     settings = method_settings(a, spec)
-    log = (lambda *x: None) if a.quiet else (lambda *x: print(f"[{short(spec)}]", *x, file=sys.stderr, flush=True))
-
-    t0 = time.perf_counter()
     backbone = build_backbone(a.backbone, pretrained=False)
     if backbone.source_head is None:     # random weights: a stand-in ImageNet head for Co-Tuning and LWF
         backbone.source_head = torch.nn.Linear(backbone.channels, 1000)
@@ -199,13 +198,6 @@ def worker(a: argparse.Namespace) -> dict:
     pool = torch.randperm(a.classes, generator=g)[:max(1, min(a.classes, (a.batch + 1) // 2))]
     labels = pool[torch.randint(len(pool), (a.batch,), generator=g)].to(device)
     index = torch.arange(a.batch, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model_mb = _rss_mb()
-    build_s = time.perf_counter() - t0
-    log(f"built {a.backbone} {name} in {build_s:.1f}s, RSS {model_mb:.0f} MB, "
-        f"{sum(p.numel() for p in method.parameters()) / 1e6:.1f}M parameters")
 
     def step(epoch: int) -> dict:      # as Run.train_epoch: engine.precision.train_step, then the optimiser
         extra = {"index": index} if getattr(method, "needs_index", False) else {}
@@ -213,6 +205,26 @@ def worker(a: argparse.Namespace) -> dict:
         loss.item()
         precision.step(optimizer)
         return out
+
+    return SimpleNamespace(method=method, optimizer=optimizer, precision=precision, views=views, labels=labels,
+                           step=step, settings=settings, device=device)
+
+
+def worker(a: argparse.Namespace) -> dict:
+    import torch
+
+    spec = a.worker
+    log = (lambda *x: None) if a.quiet else (lambda *x: print(f"[{short(spec)}]", *x, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    b = build(a, spec)
+    method, precision, settings, device, step = b.method, b.precision, b.settings, b.device, b.step
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model_mb = _rss_mb()
+    build_s = time.perf_counter() - t0
+    log(f"built {a.backbone} {split_spec(spec)[0]} in {build_s:.1f}s, RSS {model_mb:.0f} MB, "
+        f"{sum(p.numel() for p in method.parameters()) / 1e6:.1f}M parameters")
 
     times, cpu_times, last = [], [], {}
     for i in range(a.warmup + a.steps):
