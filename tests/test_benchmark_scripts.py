@@ -1,6 +1,6 @@
 """The benchmark scripts still run (at toy sizes; no timing is asserted: they measure, tests do not).
 
-Cost: about 15 s (two toy ResNet-18 processes' worth of steps, one toy Sinkhorn).
+Cost: a few seconds (toy ResNet-18 steps at 64 px, one toy Sinkhorn).
 """
 import subprocess
 import sys
