@@ -74,13 +74,10 @@ def step_costs(e_q, e_k, queue_h, labels, conf):
     return seen["costs"], seen["groups"]
 
 
-def time_it(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main(argv=None) -> dict:
@@ -122,17 +119,17 @@ def main(argv=None) -> dict:
             make(fn)()                                     # untimed first call
         for _ in range(a.repeats):                         # alternate, so load drifts hit both alike
             for name, fn in impls.items():
-                times[part, name] += time_it(make(fn), 1)
-    iters = {name: fn(costs, 0.01, 200, 1e-3, groups)[1] for name, fn in impls.items()}
-    res = {"pairs": costs.shape[0], "patches": a.patches, "threads": a.threads, "iterations": iters,
+                times[part, name].append(seconds(make(fn)))
+    solved = {name: fn(costs, 0.01, 200, 1e-3, groups) for name, fn in impls.items()}    # (plan, iterations)
+    res = {"pairs": costs.shape[0], "patches": a.patches, "threads": a.threads,
+           "iterations": {name: it for name, (_, it) in solved.items()},
            "median_s": {f"{part}/{name}": round(statistics.median(t), 4) for (part, name), t in times.items()}}
     if a.baseline:
         res["baseline"] = a.baseline
         res["speedup"] = {part: round(statistics.median(times[part, "baseline"]) /
                                       statistics.median(times[part, "current"]), 3)
                           for part in ("sinkhorn", "concept_loss")}
-        plan_now, plan_then = current(costs, 0.01, 200, 1e-3, groups)[0], impls["baseline"](costs, 0.01, 200, 1e-3, groups)[0]
-        res["max_plan_difference"] = float((plan_now - plan_then).abs().max())
+        res["max_plan_difference"] = float((solved["current"][0] - solved["baseline"][0]).abs().max())
     for key, value in res["median_s"].items():
         print(f"{key:28s} {value:.4f} s", file=sys.stderr)
     print(json.dumps(res))

@@ -28,14 +28,13 @@ def sinkhorn_log(cost: torch.Tensor, eps: float = 0.01, max_iter: int = 200, tol
     Returns (plans, iterations run). Every ``check_every`` iterations (default: every one on the CPU, every
     10th on other devices, where looking costs a host sync) the pairs of groups that have stopped are set
     aside, so later iterations only compute the rest, and the loop ends when none is left. Neither changes
-    the iterates: a group's pairs stop updating at the iteration its criterion is met, looked at or not
-    (fewer pairs in the tensors may change how a reduction orders its terms: rounding).
+    the iterates: a group's pairs stop updating at the iteration its criterion is met, looked at or not.
 
     The iterations keep the pairs in the innermost dimension, (n, m, N): a pair's n × m entries are far too
     few for a reduction over them to use the vector units, while a reduction over n or m of this layout is
     an element-wise max or sum of contiguous rows of N (1.3x faster at the reference's sizes,
-    ``benchmarks/sinkhorn_time.py``). Only the order of the n or m terms of a sum may differ from a
-    reduction over the last dimension: rounding.
+    ``benchmarks/sinkhorn_time.py``). The one cost is rounding: how a reduction orders its n or m terms may
+    depend on N, so setting pairs aside can move a plan by a float's last bits.
     """
     C = cost.detach()
     N, n, m = C.shape
